@@ -1,0 +1,69 @@
+# The kit's front door. `make` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SPEC ?= models.yaml
+REPO ?= model_repository
+TRITON_HTTP_PORT ?= 8000
+TRITON_GRPC_PORT ?= 8001
+TRITON_METRICS_PORT ?= 8002
+export TRITON_HTTP_PORT TRITON_GRPC_PORT TRITON_METRICS_PORT
+
+# The environment is keyed by the content of the pinned requirements: a change re-installs,
+# an unchanged pair installs nothing.
+DEPS_HASH := $(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
+VENV_STAMP := $(VENV)/.deps-$(DEPS_HASH)
+
+.PHONY: help venv build-repo check-repo serve test lint format lock clean
+
+help: ## list the targets
+	@echo "usage: make <target> [VAR=value]"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "variables: SPEC=$(SPEC) REPO=$(REPO) FORCE=1 TRITON_{HTTP,GRPC,METRICS}_PORT PYTEST_ARGS=..."
+
+venv: $(VENV_STAMP) ## create or refresh the project virtualenv (.venv) from requirements.lock
+
+$(VENV_STAMP):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11+ is needed, $(PYTHON) is " + sys.version.split()[0] + "; run make with PYTHON=python3.11")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing the pinned requirements into $(VENV) (the first time takes a few minutes)"
+	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq -r requirements.lock
+	@rm -f $(VENV)/.deps-*
+	@touch $@
+
+build-repo: venv ## build model_repository/ from models.yaml: export, verify, render, check (FORCE=1 re-exports all)
+	$(PY) -m builder build --spec $(SPEC) --repo $(REPO) $(if $(FORCE),--force)
+
+check-repo: venv ## check a model repository against Triton's rules (REPO=path)
+	$(PY) -m builder check --repo $(REPO)
+
+serve: venv ## serve model_repository/ with the embedded Triton server in the foreground (Ctrl-C stops it)
+	@test -d $(REPO) || { echo "error: $(REPO) does not exist; run 'make build-repo' first" >&2; exit 1; }
+	exec $(PY) -m server --repo $(REPO)
+
+test: venv ## run the test suite (PYTEST_ARGS to pass options)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv ## ruff (lint + format check) and mypy
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+format: venv ## apply ruff's fixes and formatting
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+lock: ## re-resolve requirements.lock from the pins in pyproject.toml
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	$(PYTHON) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))' > .lock-venv/requirements.in
+	.lock-venv/bin/pip install --quiet -r .lock-venv/requirements.in
+	{ sed -n 1,2p requirements.lock; .lock-venv/bin/pip freeze | sed -E 's/^(torch==[^+]+)\+.*/\1/'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
+
+clean: ## remove the virtualenv, build workspace and caches (model_repository/ stays)
+	rm -rf $(VENV) .$(notdir $(REPO)).build .triton .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,63 @@
+"""Command line of the builder: `python -m builder build|check`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from builder.check import check_repository
+from builder.errors import BuildError
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit code (0 ok, 1 build failed, 2 bad usage)."""
+    parser = argparse.ArgumentParser(prog="python -m builder", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="build the model repository from the spec")
+    build.add_argument("--spec", type=Path, default=Path("models.yaml"), help="spec file (default: models.yaml)")
+    build.add_argument(
+        "--repo", type=Path, default=Path("model_repository"), help="repository to build (default: model_repository)"
+    )
+    build.add_argument("--force", action="store_true", help="export every model again, even if unchanged")
+    check = commands.add_parser("check", help="check an existing repository against Triton's rules")
+    check.add_argument(
+        "--repo", type=Path, default=Path("model_repository"), help="repository to check (default: model_repository)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            return _build(args.spec, args.repo, args.force)
+        return _check(args.repo)
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _build(spec: Path, repo: Path, force: bool) -> int:
+    from builder.pipeline import build_repository  # torch is slow to import; keep `--help` fast
+
+    started = time.perf_counter()
+    summary = build_repository(spec, repo, force=force)
+    built = sum(r.status == "built" for r in summary.results)
+    print(
+        f"built {repo}: {len(summary.results)} model version(s), {built} exported, "
+        f"{len(summary.results) - built} reused, in {time.perf_counter() - started:.1f}s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _check(repo: Path) -> int:
+    if not repo.is_dir():
+        print(f"error: {repo} is not a directory; build it with `make build-repo` or pass REPO=<path>", file=sys.stderr)
+        return 2
+    problems = check_repository(repo)
+    for problem in problems:
+        print(problem)
+    print(f"{repo}: {len(problems)} problem(s)", file=sys.stderr)
+    return 1 if problems else 0

@@ -1,0 +1,236 @@
+"""The build: spec -> (export -> verify) per version -> render -> check -> swap into place.
+
+Every model is attempted even after another failed, so one run reports every problem; the
+repository is replaced only when all of them succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from builder.check import check_repository
+from builder.errors import BuildError, RepositoryError
+from builder.export import export_onnx
+from builder.fingerprint import Fingerprint, fingerprint
+from builder.render import FORMATS, render_config
+from builder.repository import Workspace, link_tree, swap_into_place
+from builder.source import instantiate
+from builder.spec import ModelSpec, Spec, VersionSpec, load_spec
+from builder.verify import VerificationReport, verify_onnx
+
+__all__ = ["BUILD_RECORD", "BuildSummary", "VersionResult", "build_repository"]
+
+BUILD_RECORD = "build.json"
+Status = Literal["built", "cached", "failed"]
+
+
+@dataclass(frozen=True)
+class VersionResult:
+    """What happened to one version of one model."""
+
+    model: str
+    version: int
+    status: Status
+    seconds: float
+    detail: str
+
+
+@dataclass
+class BuildSummary:
+    """Per-version results of a build, and the model directories it dropped."""
+
+    repository: Path
+    results: list[VersionResult] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[VersionResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    def table(self) -> str:
+        """A fixed-width table of the results, for the terminal."""
+        rows = [("model", "version", "status", "time", "detail")]
+        rows += [(r.model, str(r.version), r.status, f"{r.seconds:.1f}s", r.detail) for r in self.results]
+        rows += [(name, "-", "removed", "-", "no longer in the spec") for name in self.removed]
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        return "\n".join(
+            "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4]
+            for row in rows
+        )
+
+
+def build_repository(
+    spec_path: Path,
+    repository: Path,
+    *,
+    force: bool = False,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> BuildSummary:
+    """Build every model of the spec into `repository`.
+
+    Args:
+        spec_path: the spec file (models.yaml).
+        repository: the Triton model repository to create or replace.
+        force: export every version again even when its fingerprint is unchanged.
+        log: where progress lines go.
+
+    Raises:
+        BuildError: a subclass naming what failed; `repository` is then left exactly as it was.
+    """
+    spec = load_spec(spec_path)
+    summary = BuildSummary(repository=repository)
+    failures: list[str] = []
+    try:
+        with _importable(spec.path.parent), Workspace(repository) as workspace:
+            for model in spec.models:
+                failures.extend(_build_model(spec, model, workspace, force, summary, log))
+            if failures:
+                raise BuildError(f"{len(failures)} problem(s); {repository} was left as it was:", problems=failures)
+            problems = check_repository(workspace.staging)
+            if problems:
+                raise RepositoryError(
+                    f"the staged repository breaks {len(problems)} rule(s); {repository} was left as it was:",
+                    problems=[str(p) for p in problems],
+                )
+            summary.removed = _carry_over(workspace.repository, workspace.staging, {m.name for m in spec.models})
+            swap_into_place(workspace.staging, workspace.repository)
+    finally:
+        if summary.results:
+            log(summary.table())
+    return summary
+
+
+def _build_model(
+    spec: Spec, model: ModelSpec, workspace: Workspace, force: bool, summary: BuildSummary, log: Callable[[str], None]
+) -> Iterator[str]:
+    ok = True
+    for version in model.versions:
+        started = time.perf_counter()
+        try:
+            status, detail = _build_version(spec, model, version, workspace, force, log)
+        except BuildError as exc:
+            ok = False
+            summary.results.append(
+                VersionResult(model.name, version.version, "failed", time.perf_counter() - started, type(exc).__name__)
+            )
+            log(f"{model.name} v{version.version}: failed")
+            yield str(exc)
+            continue
+        summary.results.append(
+            VersionResult(model.name, version.version, status, time.perf_counter() - started, detail)
+        )
+    if ok:
+        try:
+            text = render_config(model, spec.path.name)
+        except BuildError as exc:
+            yield str(exc)
+            return
+        (workspace.staging / model.name / "config.pbtxt").write_text(text)
+
+
+def _build_version(
+    spec: Spec, model: ModelSpec, version: VersionSpec, workspace: Workspace, force: bool, log: Callable[[str], None]
+) -> tuple[Status, str]:
+    filename = FORMATS["onnx"].filename
+    target = workspace.staging / model.name / str(version.version)
+    previous = workspace.repository / model.name / str(version.version)
+    current = fingerprint(model, version, spec.path.parent)
+    if not force and _recorded_digest(previous) == current.digest and (previous / filename).is_file():
+        link_tree(previous, target)
+        log(f"{model.name} v{version.version}: unchanged, reused")
+        return "cached", "inputs unchanged since the last build"
+    log(f"{model.name} v{version.version}: exporting")
+    work = workspace.work_dir(model.name, version.version)
+    module = instantiate(model, version)
+    started = time.perf_counter()
+    export_onnx(module, model, work / filename)
+    exported = time.perf_counter()
+    report = verify_onnx(module, model, work / filename)
+    verified = time.perf_counter()
+    _write_record(work / BUILD_RECORD, model, version, current, report, exported - started, verified - exported)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work.rename(target)
+    with contextlib.suppress(OSError):  # the model's work directory, once its last version moved out
+        work.parent.rmdir()
+    worst = max((o.max_abs_error for o in report.outputs.values()), default=0.0)
+    detail = f"export {exported - started:.1f}s, verify {verified - exported:.1f}s: {len(report.cases)} cases, max abs error {worst:.2g}"
+    log(f"{model.name} v{version.version}: built ({detail})")
+    return "built", detail
+
+
+def _recorded_digest(version_dir: Path) -> str | None:
+    try:
+        record = json.loads((version_dir / BUILD_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    digest = record.get("fingerprint") if isinstance(record, dict) else None
+    return digest if isinstance(digest, str) else None
+
+
+def _write_record(
+    path: Path,
+    model: ModelSpec,
+    version: VersionSpec,
+    current: Fingerprint,
+    report: VerificationReport,
+    export_seconds: float,
+    verify_seconds: float,
+) -> None:
+    """The build record next to the artifact: what it was built from and how well it verified."""
+    record = {
+        "model": model.name,
+        "version": version.version,
+        "format": "onnx",
+        "fingerprint": current.digest,
+        "built_from": current.inputs,
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": {"export": round(export_seconds, 3), "verify": round(verify_seconds, 3)},
+        "verification": {
+            "cases": report.cases,
+            "outputs": {
+                spec.name: {
+                    "atol": spec.atol,
+                    "rtol": spec.rtol,
+                    "max_abs_error": report.outputs[spec.name].max_abs_error,
+                    "max_rel_error": report.outputs[spec.name].max_rel_error,
+                }
+                for spec in model.outputs
+            },
+        },
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _carry_over(repository: Path, staging: Path, models: set[str]) -> list[str]:
+    """Keep the repository's own top-level files (its README); return model dirs being dropped."""
+    if not repository.is_dir():
+        return []
+    removed = []
+    for entry in sorted(repository.iterdir()):
+        if entry.is_file():
+            shutil.copy2(entry, staging / entry.name)
+        elif entry.is_dir() and entry.name not in models:
+            removed.append(entry.name)
+    return removed
+
+
+@contextmanager
+def _importable(directory: Path) -> Iterator[None]:
+    """Let `module:callable` sources resolve relative to the spec file's directory."""
+    entry = str(directory)
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if entry in sys.path:
+            sys.path.remove(entry)

@@ -1,0 +1,112 @@
+"""Instantiate a spec's PyTorch model from its `module:callable` and optional state_dict."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from builder.errors import SourceError
+from builder.spec import ModelSpec, VersionSpec
+
+__all__ = ["instantiate", "source_files"]
+
+
+def instantiate(model: ModelSpec, version: VersionSpec) -> nn.Module:
+    """Build the `nn.Module` for one version of a model, in eval mode, with its weights loaded.
+
+    Raises:
+        SourceError: the callable does not import, raises, returns something else than an
+            `nn.Module`, or the weights are unreadable or do not fit the module.
+    """
+    label = f"model {model.name!r} (source {model.source!r})"
+    factory = _resolve(model.source, label)
+    try:
+        module = factory()
+    except Exception as exc:
+        raise SourceError(
+            f"{label}: calling the source raised {type(exc).__name__}: {exc}",
+            problems=[_last_frame(exc)],
+        ) from exc
+    if not isinstance(module, nn.Module):
+        raise SourceError(
+            f"{label}: the source returned {type(module).__name__}, not a torch.nn.Module; "
+            "point 'source' at a function or class that returns the model"
+        )
+    weights = model.weights_for(version)
+    if weights is not None:
+        _load_weights(module, weights, label)
+    return module.eval()
+
+
+def source_files(source: str) -> list[Path]:
+    """The Python files a `module:callable` depends on within its own package, for fingerprints.
+
+    For a module inside a package, every `.py` file of the top-level package counts, since a
+    change to a sibling module (a shared layer, say) changes the model too.
+    """
+    module_name = source.partition(":")[0]
+    top = module_name.split(".")[0]
+    spec = importlib.util.find_spec(top)
+    if spec is None or spec.origin is None:
+        return []
+    origin = Path(spec.origin)
+    if spec.submodule_search_locations:
+        return sorted(origin.parent.rglob("*.py"))
+    return [origin]
+
+
+def _resolve(source: str, label: str) -> Callable[[], object]:
+    module_name, _, attribute = source.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise SourceError(
+            f"{label}: importing module {module_name!r} failed with {type(exc).__name__}: {exc}",
+            problems=[
+                _last_frame(exc),
+                "the module must be importable from the directory the build runs in (the repository root)",
+            ],
+        ) from exc
+    factory: object = getattr(module, attribute, None)
+    if not callable(factory):
+        public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise SourceError(
+            f"{label}: module {module_name!r} has no callable {attribute!r}; callables there: {', '.join(public) or 'none'}"
+        )
+    return factory
+
+
+def _load_weights(module: nn.Module, path: Path, label: str) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SourceError(
+            f"{label}: weights file {path} could not be read ({type(exc).__name__}: {exc}); "
+            "save it with torch.save(model.state_dict(), path)"
+        ) from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise SourceError(f"{label}: weights file {path} holds a {type(state).__name__}, not a state_dict")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        raise SourceError(
+            f"{label}: weights file {path} does not fit the module built by the source",
+            problems=problems or [str(exc)],
+        ) from exc
+
+
+def _last_frame(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "no traceback"
+    frame = frames[-1]
+    return f"raised at {frame.filename}:{frame.lineno} in {frame.name}"

@@ -1,0 +1,40 @@
+"""Errors raised by the kit's Triton clients; tritonclient's exceptions never reach callers.
+
+    ClientError                root of everything a client call can raise
+    ├── ServerUnavailable      the server cannot be reached, or refuses work (overload, shutting down)
+    ├── ModelNotReady          the model is unknown to the server or not loaded
+    ├── InvalidInput           the server rejected the request's inputs (name, dtype, shape)
+    ├── InferenceTimeout       no answer within the call's timeout
+    └── InferenceFailed        the model ran and failed
+
+Each keeps the server's own message; `clients.triton._translate` is the one place that maps
+tritonclient exceptions onto these.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ClientError", "InferenceFailed", "InferenceTimeout", "InvalidInput", "ModelNotReady", "ServerUnavailable"]
+
+
+class ClientError(Exception):
+    """Base of every error a kit client raises."""
+
+
+class ServerUnavailable(ClientError):
+    """Raised when the server cannot be reached (refused, reset, down) or answers UNAVAILABLE."""
+
+
+class ModelNotReady(ClientError):
+    """Raised when the model is unknown to the server, or known but not loaded and ready."""
+
+
+class InvalidInput(ClientError):
+    """Raised when the server rejects a request's inputs: a wrong name, dtype or shape."""
+
+
+class InferenceTimeout(ClientError):
+    """Raised when the server does not answer within the call's timeout (never for a refused connection)."""
+
+
+class InferenceFailed(ClientError):
+    """Raised when the request reached the model and the model failed."""

@@ -1,0 +1,82 @@
+"""`python -m server`: run the embedded Triton server in the foreground (what `make serve` does).
+
+Ports come from TRITON_HTTP_PORT, TRITON_GRPC_PORT and TRITON_METRICS_PORT (8000/8001/8002 by
+default) unless given as flags. Ctrl-C or SIGTERM stops the server and its stub processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from server.embedded import EmbeddedTriton, ServerError
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m server", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--repo", type=Path, default=Path("model_repository"), help="model repository (default: model_repository)"
+    )
+    parser.add_argument(
+        "--backend-dir", type=Path, default=Path(".triton/backends"), help="where the backends are assembled"
+    )
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("TRITON_HOST", "127.0.0.1"),
+        help="address to listen on (TRITON_HOST, default 127.0.0.1)",
+    )
+    parser.add_argument("--http-port", type=int, default=int(os.environ.get("TRITON_HTTP_PORT", 8000)))
+    parser.add_argument("--grpc-port", type=int, default=int(os.environ.get("TRITON_GRPC_PORT", 8001)))
+    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("TRITON_METRICS_PORT", 8002)))
+    parser.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default="none")
+    parser.add_argument("--log-verbose", type=int, default=0)
+    args = parser.parse_args()
+    server = EmbeddedTriton(
+        repository=args.repo,
+        backend_dir=args.backend_dir,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        host=args.host,
+        model_control_mode=args.model_control_mode,
+        log_verbose=args.log_verbose,
+    )
+
+    signals_seen = 0
+
+    def shut_down(signum: int, frame: FrameType | None) -> None:
+        # Only signal here: the main thread is inside server.wait(), and waiting on the same
+        # process from a handler deadlocks on Popen's wait lock.
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            print(f"\n{signal.Signals(signum).name}: stopping the server (again to force)", file=sys.stderr)
+            server.terminate()
+        else:
+            server.kill()
+
+    signal.signal(signal.SIGINT, shut_down)
+    signal.signal(signal.SIGTERM, shut_down)
+    try:
+        server.start(wait=True)
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"Triton is ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url} "
+        f"(repository {args.repo}); Ctrl-C stops it",
+        file=sys.stderr,
+    )
+    code = server.wait()
+    server.stop()  # ends stubs a killed server may have left behind
+    return 0 if signals_seen else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

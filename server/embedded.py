@@ -1,0 +1,292 @@
+"""Start and stop the real Triton server that ships in the `nvidia-pytriton` wheel, without Docker.
+
+The wheel carries `tritonserver` (Triton 2.51, the NGC 24.10 release) with the Python backend
+only. The kit assembles a backends directory of its own next to it:
+
+    <backend-dir>/python/        libtriton_python.so, its utils, and the stub for this Python
+    <backend-dir>/onnxruntime/   model.py: the kit's Python-based ONNX Runtime backend
+
+so `platform: "onnxruntime_onnx"` configs load unchanged. The server runs in its own process
+group, which `stop()` always ends, stub processes included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+__all__ = ["EmbeddedTriton", "ServerError", "TritonInstallation", "find_installation", "prepare_backends"]
+
+_KIT_BACKENDS = Path(__file__).resolve().parent / "backends"
+_PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+class ServerError(RuntimeError):
+    """Raised when the embedded server cannot be found, prepared, started or made ready.
+
+    The message says why and what to do; `log_tail` holds the server's last log lines, if any.
+    """
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        self.log_tail = log_tail
+        super().__init__(message + (f"\n--- last lines of the server log ---\n{log_tail}" if log_tail else ""))
+
+
+@dataclass(frozen=True)
+class TritonInstallation:
+    """Where the wheel put the server binary, its libraries, backends and caches."""
+
+    root: Path
+
+    @property
+    def binary(self) -> Path:
+        return self.root / "bin" / "tritonserver"
+
+    @property
+    def libraries(self) -> Path:
+        return self.root.parent.parent / "nvidia_pytriton.libs"
+
+    @property
+    def python_backend(self) -> Path:
+        return self.root / "backends" / "python"
+
+    @property
+    def stub(self) -> Path:
+        return self.root / "python_backend_stubs" / _PYTHON_VERSION / "triton_python_backend_stub"
+
+    @property
+    def caches(self) -> Path:
+        return self.root / "caches"
+
+
+def find_installation() -> TritonInstallation:
+    """Locate the server inside the installed `nvidia-pytriton` wheel.
+
+    Raises:
+        ServerError: the wheel is not installed, or has no stub for this Python version.
+    """
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError(
+            "the embedded Triton server needs the nvidia-pytriton wheel, which is not installed in "
+            f"{sys.prefix}; run `make venv` (or pip install nvidia-pytriton==0.7.0)"
+        )
+    installation = TritonInstallation(Path(next(iter(spec.submodule_search_locations))) / "tritonserver")
+    if not installation.binary.is_file():
+        raise ServerError(f"nvidia-pytriton is installed but {installation.binary} is missing; reinstall it")
+    if not installation.stub.is_file():
+        available = sorted(p.name for p in installation.stub.parent.parent.iterdir())
+        raise ServerError(
+            f"nvidia-pytriton has no Python backend stub for Python {_PYTHON_VERSION} (it has {', '.join(available)}); "
+            "create the project environment with one of those Python versions"
+        )
+    return installation
+
+
+def prepare_backends(destination: Path, installation: TritonInstallation | None = None) -> Path:
+    """Assemble the kit's backends directory at `destination` (idempotent); return it."""
+    installation = installation or find_installation()
+    python_dir = destination / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    files = [
+        (installation.python_backend / "libtriton_python.so", python_dir / "libtriton_python.so"),
+        (installation.python_backend / "triton_python_backend_utils.py", python_dir / "triton_python_backend_utils.py"),
+        # The stub must sit next to libtriton_python.so and match the interpreter's version.
+        (installation.stub, python_dir / "triton_python_backend_stub"),
+    ]
+    for backend in sorted(p for p in _KIT_BACKENDS.iterdir() if (p / "model.py").is_file()):
+        (destination / backend.name).mkdir(exist_ok=True)
+        files.append((backend / "model.py", destination / backend.name / "model.py"))
+    for source, target in files:
+        if (
+            not target.exists()
+            or target.stat().st_size != source.stat().st_size
+            or target.stat().st_mtime < source.stat().st_mtime
+        ):
+            shutil.copy2(source, target)
+    return destination
+
+
+@dataclass
+class EmbeddedTriton:
+    """A Triton server process serving `repository` on the given ports.
+
+    Use it as a context manager, or call `start()` and `stop()`; `stop()` is safe to call twice.
+    The flags are the ones docker-compose.yml and the Kubernetes manifests pass to the NGC image.
+    """
+
+    repository: Path
+    backend_dir: Path
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    host: str = "127.0.0.1"
+    model_control_mode: str = "none"
+    exit_timeout_s: int = 30
+    log_verbose: int = 0
+    extra_args: Sequence[str] = ()
+    log_file: Path | None = None
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _log_handle: IO[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def command(self, installation: TritonInstallation) -> list[str]:
+        """The tritonserver command line."""
+        return [
+            str(installation.binary),
+            f"--model-repository={self.repository.resolve()}",
+            f"--backend-directory={self.backend_dir.resolve()}",
+            f"--cache-directory={installation.caches}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            f"--model-control-mode={self.model_control_mode}",
+            "--strict-readiness=true",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            f"--log-verbose={self.log_verbose}",
+            *self.extra_args,
+        ]
+
+    def start(self, *, wait: bool = True, timeout_s: float = 180.0) -> None:
+        """Start the server; with `wait`, return once it reports ready.
+
+        Raises:
+            ServerError: it could not start, exited, or was not ready in time (it is stopped then).
+        """
+        if self._process is not None:
+            raise ServerError("this server is already started; stop() it first")
+        if not (self.repository / ".").is_dir():
+            raise ServerError(f"model repository {self.repository} does not exist; build it with `make build-repo`")
+        installation = find_installation()
+        prepare_backends(self.backend_dir, installation)
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            filter(None, [str(installation.libraries), env.get("LD_LIBRARY_PATH")])
+        )
+        # The stub embeds libpython and finds its packages from the first python on PATH: ours.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log_handle = self.log_file.open("ab")
+        self._process = subprocess.Popen(
+            self.command(installation),
+            env=env,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT if self._log_handle else None,
+            start_new_session=True,  # its own process group: stop() ends the stubs with it
+        )
+        if wait:
+            try:
+                self.wait_until_ready(timeout_s)
+            except BaseException:
+                self.stop()
+                raise
+
+    def wait_until_ready(self, timeout_s: float = 180.0) -> None:
+        """Poll /v2/health/ready until the server and every model in it are ready.
+
+        Raises:
+            ServerError: the process exited, or `timeout_s` passed first.
+        """
+        deadline = time.monotonic() + timeout_s
+        url = f"http://{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                code = None if self._process is None else self._process.returncode
+                raise ServerError(f"tritonserver exited with code {code} before it was ready", self.log_tail())
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise ServerError(
+            f"tritonserver was not ready after {timeout_s:.0f}s ({url}); a model may still be loading or failed to load",
+            self.log_tail(),
+        )
+
+    def stop(self) -> int | None:
+        """Stop the server gracefully (SIGTERM, then SIGKILL after the exit timeout); return its exit code."""
+        process, self._process = self._process, None
+        if process is None:
+            return None
+        try:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=self.exit_timeout_s + 10)
+        finally:
+            _kill_group(process.pid)
+            process.wait()
+            if self._log_handle is not None:
+                self._log_handle.close()
+                self._log_handle = None
+        return process.returncode
+
+    def terminate(self) -> None:
+        """Ask the server to shut down (SIGTERM) without waiting; safe inside a signal handler."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """End the server's whole process group at once (SIGKILL)."""
+        if self._process is not None:
+            _kill_group(self._process.pid)
+
+    def wait(self) -> int:
+        """Block until the server exits by itself; return its exit code."""
+        if self._process is None:
+            raise ServerError("the server is not started")
+        return self._process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the server log, when it is written to a file."""
+        if self.log_file is None or not self.log_file.exists():
+            return ""
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> EmbeddedTriton:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _kill_group(pgid: int) -> None:
+    """End whatever is left of the server's process group (stubs of a server that was killed)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)

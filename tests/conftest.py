@@ -1,0 +1,55 @@
+"""Shared helpers: spec files for the tiny test models, free ports, repository snapshots."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def linear_model(name: str = "linear", **overrides: Any) -> dict[str, Any]:
+    """A spec entry for tests.tiny_models:linear ([N, 4] -> [N, 3])."""
+    entry: dict[str, Any] = {
+        "name": name,
+        "source": "tests.tiny_models:linear",
+        "max_batch_size": 8,
+        "inputs": [{"name": "x", "dtype": "TYPE_FP32", "dims": [4]}],
+        "outputs": [{"name": "y", "dtype": "TYPE_FP32", "dims": [3]}],
+    }
+    entry.update(overrides)
+    return entry
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path) -> Callable[..., Path]:
+    """Write a spec file holding the given model entries (or a raw document); return its path."""
+
+    def write(*models: dict[str, Any], raw: Any = None, name: str = "models.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(raw if raw is not None else {"models": list(models)}, sort_keys=False))
+        return path
+
+    return write
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under `root` with the SHA-256 of its bytes: equal snapshots, equal trees."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

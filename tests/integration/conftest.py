@@ -1,0 +1,71 @@
+"""A real Triton server for the integration tests: the embedded one, on free ports, always stopped."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builder.pipeline import build_repository
+from server import EmbeddedTriton
+from tests.conftest import ROOT, free_port, linear_model
+
+
+@pytest.fixture(scope="session")
+def example_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The kit's example models built from models.yaml into a fresh repository."""
+    repo = tmp_path_factory.mktemp("examples") / "model_repository"
+    build_repository(ROOT / "models.yaml", repo, log=lambda _: None)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small linear model: quick to load, for tests about the server process itself."""
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "models.yaml").write_text(yaml.safe_dump({"models": [linear_model()]}))
+    build_repository(root / "models.yaml", root / "model_repository", log=lambda _: None)
+    return root / "model_repository"
+
+
+def make_server(repository: Path, workdir: Path) -> EmbeddedTriton:
+    return EmbeddedTriton(
+        repository=repository,
+        backend_dir=workdir / "backends",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_file=workdir / "triton.log",
+    )
+
+
+@pytest.fixture(scope="session")
+def triton(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
+    """The embedded server serving the example repository for the whole session."""
+    server = make_server(example_repository, tmp_path_factory.mktemp("triton"))
+    server.start(timeout_s=240)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def process_group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group, read from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+__all__ = ["make_server", "os", "process_group"]

@@ -1,0 +1,85 @@
+"""The embedded server process: it stops with its stub processes, from the API and from `make serve`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients import TritonClient
+from server import ServerError
+from tests.conftest import ROOT, free_port
+from tests.integration.conftest import make_server, process_group
+
+pytestmark = pytest.mark.server
+
+
+def test_stop_ends_the_server_and_its_stub_processes(tiny_repository: Path, tmp_path: Path) -> None:
+    server = make_server(tiny_repository, tmp_path)
+    server.start()
+    try:
+        pgid = server.pid
+        assert pgid is not None
+        assert len(process_group(pgid)) >= 2  # tritonserver and the model's stub
+        with TritonClient(server.grpc_url) as client:
+            assert client.infer("linear", {"x": np.ones((2, 4), dtype=np.float32)})["y"].shape == (2, 3)
+    finally:
+        server.stop()
+    assert process_group(pgid) == []
+
+
+def test_a_model_that_fails_to_load_reports_the_server_log(tiny_repository: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "repo"
+    (broken / "linear" / "1").mkdir(parents=True)
+    (broken / "linear" / "config.pbtxt").write_text((tiny_repository / "linear" / "config.pbtxt").read_text())
+    (broken / "linear" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    server = make_server(broken, tmp_path)
+    with pytest.raises(ServerError) as caught:
+        server.start(timeout_s=60)
+    assert "before it was ready" in str(caught.value)
+    assert "linear" in caught.value.log_tail
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_make_serve_stops_cleanly(tiny_repository: Path, sig: signal.Signals) -> None:
+    ports = {name: str(free_port()) for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")}
+    make = subprocess.Popen(
+        ["make", "--no-print-directory", "serve", f"REPO={tiny_repository}"],
+        cwd=ROOT,
+        env={**os.environ, **ports},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own group, as a terminal's foreground job is
+    )
+    try:
+        with TritonClient(f"127.0.0.1:{ports['TRITON_GRPC_PORT']}") as client:
+            client.wait_until_ready(model="linear", timeout_s=120)
+        server_pid = int(
+            subprocess.check_output(["pgrep", "-f", f"tritonserver.*--http-port={ports['TRITON_HTTP_PORT']}"]).split()[
+                0
+            ]
+        )
+        assert process_group(server_pid)
+        if sig == signal.SIGINT:
+            os.killpg(make.pid, sig)  # Ctrl-C reaches every process of the foreground job
+        else:
+            make.send_signal(sig)
+        output, _ = make.communicate(timeout=90)
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+            make.wait()
+    # make re-raises the signal it got on itself once its recipe ended (GNU make's convention);
+    # the server process under it exits 0 and leaves nothing behind.
+    assert make.returncode in (0, -sig), output.decode()
+    assert b"Traceback" not in output
+    deadline = time.monotonic() + 10
+    while process_group(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert process_group(server_pid) == []
+    assert b"stopping the server" in output

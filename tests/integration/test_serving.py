@@ -1,0 +1,126 @@
+"""The example repository served by a real Triton server answers as PyTorch does, and batches."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from builder.spec import load_spec
+from clients import InvalidInput, ModelNotReady, ServerUnavailable, TritonClient
+from models import image_classifier, text_encoder
+from server import EmbeddedTriton
+from tests.conftest import ROOT, free_port
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+SPEC = load_spec(ROOT / "models.yaml")
+
+
+def client_for(triton: EmbeddedTriton, protocol: str) -> TritonClient:
+    return TritonClient(triton.grpc_url if protocol == "grpc" else triton.http_url, protocol=protocol)  # type: ignore[arg-type]
+
+
+def assert_close(model: str, output: str, actual: np.ndarray, expected: np.ndarray) -> None:
+    spec = next(o for o in SPEC.model(model).outputs if o.name == output)
+    np.testing.assert_allclose(actual, expected, atol=spec.atol, rtol=spec.rtol)
+
+
+def token_batch(rng: np.random.Generator, lengths: list[int], width: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = rng.integers(0, text_encoder.VOCAB_SIZE, size=(len(lengths), width), dtype=np.int64)
+    mask = (np.arange(width)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+    return ids * mask, mask
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_image_classifier_equals_pytorch(triton: EmbeddedTriton, protocol: str) -> None:
+    images = np.random.default_rng(1).standard_normal((3, 3, 224, 224)).astype(np.float32)
+    with client_for(triton, protocol) as client:
+        logits = client.infer("image_classifier", {"image": images})["logits"]
+    with torch.inference_mode():
+        expected = image_classifier.build()(torch.from_numpy(images)).numpy()
+    assert logits.shape == (3, 1000)
+    assert_close("image_classifier", "logits", logits, expected)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_text_encoder_equals_pytorch(triton: EmbeddedTriton, protocol: str) -> None:
+    ids, mask = token_batch(np.random.default_rng(2), [3, 17, 40], width=40)
+    with client_for(triton, protocol) as client:
+        embedding = client.infer("text_encoder", {"input_ids": ids, "attention_mask": mask})["embedding"]
+    with torch.inference_mode():
+        expected = text_encoder.build()(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    assert embedding.shape == (3, text_encoder.EMBEDDING_SIZE)
+    assert_close("text_encoder", "embedding", embedding, expected)
+
+
+def test_concurrent_requests_are_batched(triton: EmbeddedTriton, record_property: pytest.RecordProperty) -> None:
+    requests = 96
+    rng = np.random.default_rng(3)
+    inputs = [token_batch(rng, [16], width=16) for _ in range(requests)]
+    encoder = text_encoder.build()
+
+    def call(pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        with TritonClient(triton.grpc_url) as client:
+            return client.infer("text_encoder", {"input_ids": pair[0], "attention_mask": pair[1]})["embedding"]
+
+    with TritonClient(triton.grpc_url) as client:
+        before = client.statistics("text_encoder")["model_stats"][0]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(call, inputs))
+        after = client.statistics("text_encoder")["model_stats"][0]
+    inferences = int(after["inference_count"]) - int(before["inference_count"])
+    executions = int(after["execution_count"]) - int(before["execution_count"])
+    record_property("inference_count", inferences)
+    record_property("execution_count", executions)
+    print(f"\ndynamic batching: {inferences} inferences in {executions} executions")
+    assert inferences == requests
+    assert executions < inferences  # several requests ran as one batch
+    with torch.inference_mode():
+        for (ids, mask), result in zip(inputs, results, strict=True):
+            assert_close(
+                "text_encoder", "embedding", result, encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+            )
+
+
+def test_requests_of_different_lengths_sent_together_each_get_their_own_answer(triton: EmbeddedTriton) -> None:
+    rng = np.random.default_rng(4)
+    inputs = [token_batch(rng, [n], width=n) for n in (5, 9, 17, 33, 5, 9, 17, 33)]
+
+    def call(pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        with TritonClient(triton.grpc_url) as client:
+            return client.infer("text_encoder", {"input_ids": pair[0], "attention_mask": pair[1]})["embedding"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(call, inputs))
+    encoder = text_encoder.build()
+    with torch.inference_mode():
+        for (ids, mask), result in zip(inputs, results, strict=True):
+            assert_close(
+                "text_encoder", "embedding", result, encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+            )
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_wrong_shape_is_rejected_by_the_server_as_invalid_input(triton: EmbeddedTriton, protocol: str) -> None:
+    with client_for(triton, protocol) as client, pytest.raises(InvalidInput, match="image_classifier"):
+        client.infer("image_classifier", {"image": np.zeros((1, 3, 224, 225), dtype=np.float32)})
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_an_unknown_model_is_not_ready(triton: EmbeddedTriton, protocol: str) -> None:
+    with client_for(triton, protocol) as client:
+        assert client.is_ready() and client.is_ready("text_encoder") and not client.is_ready("nope")
+        with pytest.raises(ModelNotReady, match="'nope'"):
+            client.infer("nope", {"x": np.zeros((1, 4), dtype=np.float32)})
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_nothing_listening_is_unavailable_not_a_timeout(protocol: str) -> None:
+    with TritonClient(f"127.0.0.1:{free_port()}", protocol=protocol, timeout_s=5) as client:  # type: ignore[arg-type]
+        with pytest.raises(ServerUnavailable):
+            client.infer("image_classifier", {"image": np.zeros((1, 3, 224, 224), dtype=np.float32)})
+        with pytest.raises(ServerUnavailable, match="was not ready within 1s"):
+            client.wait_until_ready(timeout_s=1)

@@ -1,0 +1,91 @@
+"""Tiny PyTorch models for the builder's tests: each is a `source:` a test spec points at."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _seeded(factory: type[nn.Module], *args: int) -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return factory(*args).eval()
+
+
+def linear() -> nn.Module:
+    """[N, 4] -> [N, 3]."""
+    return _seeded(nn.Linear, 4, 3)
+
+
+class SumProduct(nn.Module):
+    """Two inputs, two outputs: x + y and x * y."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x + y, x * y
+
+
+def sum_product() -> nn.Module:
+    return SumProduct()
+
+
+class SequenceMean(nn.Module):
+    """[N, S, 4] with variable S -> [N, 4]: projects each step and averages over the sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).mean(dim=1)
+
+
+def sequence_mean() -> nn.Module:
+    return _seeded(SequenceMean)
+
+
+class TokenEmbedding(nn.Module):
+    """INT64 ids [N, S] -> mean embedding [N, 8]; its ONNX graph has an internal value named
+    'embedding', which a spec output of that name must not collide with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Embedding(32, 8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table(ids).mean(dim=1)
+
+
+def token_embedding() -> nn.Module:
+    return _seeded(TokenEmbedding)
+
+
+class ExportDiffers(nn.Module):
+    """Computes something else while being exported, so ONNX Runtime disagrees with PyTorch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting():
+            return x * 2 + 0.5
+        return x * 2
+
+
+def export_differs() -> nn.Module:
+    return ExportDiffers()
+
+
+class FixedBatch(nn.Module):
+    """Only works for a batch of exactly 2: `view(2, 4)` pins the batch dimension when exported."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(2, 4) * 3
+
+
+def fixed_batch() -> nn.Module:
+    return FixedBatch()
+
+
+def raises() -> nn.Module:
+    raise RuntimeError("checkpoint server unreachable")
+
+
+def not_a_module() -> int:
+    return 42
