@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SPEC ?= models.yaml
 REPO ?= model_repository
+TARGET ?= auto
 TRITON_HTTP_PORT ?= 8000
 TRITON_GRPC_PORT ?= 8001
 TRITON_METRICS_PORT ?= 8002
@@ -22,7 +23,7 @@ VENV_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 help: ## list the targets
 	@echo "usage: make <target> [VAR=value]"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "variables: SPEC=$(SPEC) REPO=$(REPO) FORCE=1 TRITON_{HTTP,GRPC,METRICS}_PORT PYTEST_ARGS=..."
+	@echo "variables: SPEC=$(SPEC) REPO=$(REPO) TARGET=$(TARGET) FORCE=1 TRITON_{HTTP,GRPC,METRICS}_PORT PYTEST_ARGS=..."
 
 venv: $(VENV_STAMP) ## create or refresh the project virtualenv (.venv) from requirements.lock
 
@@ -35,11 +36,11 @@ $(VENV_STAMP):
 	@rm -f $(VENV)/.deps-*
 	@touch $@
 
-build-repo: venv ## build model_repository/ from models.yaml: export, verify, render, check (FORCE=1 re-exports all)
-	$(PY) -m builder build --spec $(SPEC) --repo $(REPO) $(if $(FORCE),--force)
+build-repo: venv ## build model_repository/ from models.yaml (TARGET=cpu|gpu, default: this machine's; FORCE=1 re-exports)
+	$(PY) -m builder build --spec $(SPEC) --repo $(REPO) --target $(TARGET) $(if $(FORCE),--force)
 
-check-repo: venv ## check a model repository against Triton's rules (REPO=path)
-	$(PY) -m builder check --repo $(REPO)
+check-repo: venv ## check any model repository against Triton's rules (REPO=path, TARGET=cpu|gpu)
+	$(PY) -m builder check --repo $(REPO) $(if $(filter-out auto,$(TARGET)),--target $(TARGET))
 
 serve: venv ## serve model_repository/ with the embedded Triton server in the foreground (Ctrl-C stops it)
 	@test -d $(REPO) || { echo "error: $(REPO) does not exist; run 'make build-repo' first" >&2; exit 1; }

@@ -1,8 +1,10 @@
-"""Check step: rules every model directory of a repository must follow to load in Triton.
+"""Check step: the rules every model directory of a repository must follow to load in Triton.
 
-Works on any repository, generated or hand-written; the build runs it on the staged repository
-before swapping it into place. Each problem names the file, the field, the value, the rule and
-the fix.
+Works on any repository, generated or hand-written (`make check-repo REPO=path`); the build runs
+it on the staged repository before swapping it into place. Per model: the config parses with
+Triton's schema and follows the server's rules (builder.config_rules); every version has the
+file its platform loads, and an ONNX file's inputs/outputs agree with the config. Across
+models: every ensemble is a valid graph over the configs of the models it calls.
 """
 
 from __future__ import annotations
@@ -12,20 +14,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-from tritonclient.grpc import model_config_pb2
+from tritonclient.grpc import model_config_pb2 as pb
 
+from builder.config_rules import config_findings
+from builder.ensemble import Ensemble, Member, Step, TensorType, ensemble_problems
 from builder.errors import RenderError
 from builder.render import FORMATS, parse_config
 from builder.signature import check_signature
+from builder.targets import Target
 
 __all__ = ["Problem", "check_repository"]
 
 _FILENAME_BY_PLATFORM = {info.platform: info.filename for info in FORMATS.values()}
+_FILENAME_BY_BACKEND = {"python": "model.py", "onnxruntime": "model.onnx"}
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One rule a repository breaks."""
+    """One rule a repository breaks: where, which field and value, the rule, and the fix."""
 
     file: Path
     field: str
@@ -34,7 +40,7 @@ class Problem:
     fix: str
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.field} = {self.value}: {self.rule}; {self.fix}"
+        return f"{self.file}: {self.field} = {self.value}: {self.rule}" + (f"; fix: {self.fix}" if self.fix else "")
 
 
 @dataclass(frozen=True)
@@ -44,52 +50,75 @@ class _ConfigTensor:
     dims: Sequence[int]
 
 
-def check_repository(root: Path) -> list[Problem]:
-    """Every problem found in the model directories under `root`."""
+def check_repository(root: Path, target: Target | None = None) -> list[Problem]:
+    """Every problem found in the model directories under `root` (plus the `target`'s rules)."""
     problems: list[Problem] = []
+    configs: dict[str, tuple[Path, pb.ModelConfig]] = {}
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        problems.extend(_check_model(model_dir))
+        config_path = model_dir / "config.pbtxt"
+        if not config_path.is_file():
+            problems.append(
+                Problem(
+                    model_dir,
+                    "config.pbtxt",
+                    "missing",
+                    "every model directory needs a config",
+                    "build the model or remove the directory",
+                )
+            )
+            continue
+        try:
+            config = parse_config(config_path.read_text(), str(config_path))
+        except RenderError as exc:
+            problems.append(
+                Problem(
+                    config_path,
+                    "(file)",
+                    "unparsable",
+                    str(exc).splitlines()[0],
+                    "fix the syntax at the line:column given",
+                )
+            )
+            continue
+        configs[model_dir.name] = (config_path, config)
+        problems.extend(Problem(config_path, *finding) for finding in config_findings(config, model_dir.name, target))
+        problems.extend(_model_files(model_dir, config_path, config))
+    problems.extend(_ensembles(configs))
     return problems
 
 
-def _check_model(model_dir: Path) -> Iterator[Problem]:
-    config_path = model_dir / "config.pbtxt"
-    if not config_path.is_file():
-        yield Problem(
-            model_dir,
-            "config.pbtxt",
-            "missing",
-            "every model directory needs a config",
-            "build the model or remove the directory",
-        )
-        return
-    try:
-        config = parse_config(config_path.read_text(), str(config_path))
-    except RenderError as exc:
-        yield Problem(
-            config_path, "(file)", "unparsable", str(exc).splitlines()[0], "fix the syntax at the line:column given"
-        )
-        return
-    if config.name and config.name != model_dir.name:
-        yield Problem(
-            config_path,
-            "name",
-            repr(config.name),
-            f"must equal the directory name {model_dir.name!r}",
-            f"set name: {model_dir.name!r}",
-        )
-    filename = config.default_model_filename or _FILENAME_BY_PLATFORM.get(config.platform)
-    if filename is None:
-        return  # a platform this check does not know the files of (python, ensemble, ...)
+def _model_files(model_dir: Path, config_path: Path, config: pb.ModelConfig) -> Iterator[Problem]:
     versions = sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and not p.name.startswith("0"))
     if not versions:
         yield Problem(
-            model_dir,
-            "versions",
-            "none",
-            "Triton needs at least one numeric version directory",
-            f"add {model_dir}/1/{filename}",
+            model_dir, "versions", "none", "Triton needs at least one numeric version directory", f"add {model_dir}/1/"
         )
+    present = {int(p.name) for p in versions}
+    for version in config.version_policy.specific.versions:
+        if version not in present:
+            yield Problem(
+                config_path,
+                "version_policy.specific",
+                str(version),
+                "names a version with no directory",
+                f"add {model_dir}/{version}/ or drop it from the policy",
+            )
+    filename = (
+        config.default_model_filename
+        or _FILENAME_BY_PLATFORM.get(config.platform)
+        or _FILENAME_BY_BACKEND.get(config.backend)
+    )
+    if filename is None:
+        if not config.platform and not config.backend and not any((v / "model.onnx").exists() for v in versions):
+            # Triton fills in the platform from a model.onnx file; here there is none to go by.
+            yield Problem(
+                config_path,
+                "platform",
+                "(none)",
+                "must specify 'platform' or 'backend'",
+                'set platform (e.g. "onnxruntime_onnx") or backend (e.g. "python")',
+            )
+        return  # ensembles, and backends whose files this check does not know
     for version in versions:
         model_file = version / filename
         if not model_file.exists():
@@ -97,25 +126,46 @@ def _check_model(model_dir: Path) -> Iterator[Problem]:
                 model_file,
                 "model file",
                 "missing",
-                f"platform {config.platform} loads {filename}",
+                f"{config.platform or config.backend} loads {filename}",
                 "build the version again",
             )
-        elif config.platform == "onnxruntime_onnx":
-            yield from _check_onnx(config, config_path, model_file)
+        elif filename.endswith(".onnx"):
+            yield from _onnx_signature(config, config_path, model_file)
 
 
-def _check_onnx(config: model_config_pb2.ModelConfig, config_path: Path, model_file: Path) -> Iterator[Problem]:
-    def tensors(
-        items: Sequence[model_config_pb2.ModelInput] | Sequence[model_config_pb2.ModelOutput],
-    ) -> list[_ConfigTensor]:
-        return [_ConfigTensor(t.name, model_config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in items]
-
+def _onnx_signature(config: pb.ModelConfig, config_path: Path, model_file: Path) -> Iterator[Problem]:
     proto = onnx.load(str(model_file), load_external_data=False)
-    for line in check_signature(proto, config.max_batch_size, tensors(config.input), tensors(config.output)):
-        yield Problem(
-            config_path,
-            "input/output",
-            line.split(":")[0],
-            line.partition(": ")[2],
-            f"make the config agree with {model_file}",
+    for line in check_signature(proto, config.max_batch_size, _tensors(config.input), _tensors(config.output)):
+        subject, _, rule = line.partition(": ")
+        yield Problem(config_path, subject, "(see rule)", rule, f"make the config agree with {model_file}")
+
+
+def _ensembles(configs: dict[str, tuple[Path, pb.ModelConfig]]) -> Iterator[Problem]:
+    members = {name: _member(name, config) for name, (_, config) in configs.items()}
+    for name, (config_path, config) in configs.items():
+        if config.platform != "ensemble":
+            continue
+        ensemble = Ensemble(
+            name=name,
+            max_batch_size=config.max_batch_size,
+            inputs={t.name: TensorType(pb.DataType.Name(t.data_type), tuple(t.dims)) for t in config.input},
+            outputs={t.name: TensorType(pb.DataType.Name(t.data_type), tuple(t.dims)) for t in config.output},
+            steps=[Step(s.model_name, dict(s.input_map), dict(s.output_map)) for s in config.ensemble_scheduling.step],
         )
+        for line in ensemble_problems(ensemble, members):
+            yield Problem(config_path, "ensemble_scheduling", "(see rule)", line, "")
+
+
+def _member(name: str, config: pb.ModelConfig) -> Member:
+    return Member(
+        name=name,
+        max_batch_size=config.max_batch_size,
+        inputs={t.name: TensorType(pb.DataType.Name(t.data_type), tuple(t.dims)) for t in config.input},
+        outputs={t.name: TensorType(pb.DataType.Name(t.data_type), tuple(t.dims)) for t in config.output},
+        optional_inputs=frozenset(t.name for t in config.input if t.optional),
+        uses=tuple(s.model_name for s in config.ensemble_scheduling.step),
+    )
+
+
+def _tensors(items: Sequence[pb.ModelInput] | Sequence[pb.ModelOutput]) -> list[_ConfigTensor]:
+    return [_ConfigTensor(t.name, pb.DataType.Name(t.data_type), list(t.dims)) for t in items]

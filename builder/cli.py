@@ -10,6 +10,7 @@ from pathlib import Path
 
 from builder.check import check_repository
 from builder.errors import BuildError
+from builder.targets import TARGETS, Target
 
 __all__ = ["main"]
 
@@ -24,39 +25,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--repo", type=Path, default=Path("model_repository"), help="repository to build (default: model_repository)"
     )
     build.add_argument("--force", action="store_true", help="export every model again, even if unchanged")
+    build.add_argument(
+        "--target",
+        choices=["auto", *TARGETS],
+        default="auto",
+        help="render configs for GPU or CPU-only hosts (default: auto, the one that fits this machine)",
+    )
     check = commands.add_parser("check", help="check an existing repository against Triton's rules")
     check.add_argument(
         "--repo", type=Path, default=Path("model_repository"), help="repository to check (default: model_repository)"
     )
+    check.add_argument("--target", choices=TARGETS, help="also flag what does not fit this kind of host (GPU on cpu)")
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
-            return _build(args.spec, args.repo, args.force)
-        return _check(args.repo)
+            return _build(args.spec, args.repo, args.force, None if args.target == "auto" else args.target)
+        return _check(args.repo, args.target)
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
 
-def _build(spec: Path, repo: Path, force: bool) -> int:
+def _build(spec: Path, repo: Path, force: bool, target: Target | None) -> int:
     from builder.pipeline import build_repository  # torch is slow to import; keep `--help` fast
 
     started = time.perf_counter()
-    summary = build_repository(spec, repo, force=force)
+    summary = build_repository(spec, repo, force=force, target=target)
     built = sum(r.status == "built" for r in summary.results)
     print(
-        f"built {repo}: {len(summary.results)} model version(s), {built} exported, "
+        f"built {repo} for the {summary.target} target: {len(summary.results)} model version(s), {built} built, "
         f"{len(summary.results) - built} reused, in {time.perf_counter() - started:.1f}s",
         file=sys.stderr,
     )
     return 0
 
 
-def _check(repo: Path) -> int:
+def _check(repo: Path, target: Target | None) -> int:
     if not repo.is_dir():
         print(f"error: {repo} is not a directory; build it with `make build-repo` or pass REPO=<path>", file=sys.stderr)
         return 2
-    problems = check_repository(repo)
+    problems = check_repository(repo, target)
     for problem in problems:
         print(problem)
     print(f"{repo}: {len(problems)} problem(s)", file=sys.stderr)

@@ -17,12 +17,12 @@ from torch.export import Dim
 
 from builder.errors import ExportError
 from builder.samples import export_case, make_inputs
-from builder.spec import ModelSpec
+from builder.spec import OnnxModelSpec
 
 __all__ = ["export_onnx"]
 
 
-def export_onnx(module: nn.Module, model: ModelSpec, path: Path) -> None:
+def export_onnx(module: nn.Module, model: OnnxModelSpec, path: Path) -> None:
     """Export `module` to `path` with torch.onnx's exporter (torch.export based).
 
     The batch axis and every variable (-1) dim are exported as symbolic dimensions; whether the
@@ -57,7 +57,7 @@ def export_onnx(module: nn.Module, model: ModelSpec, path: Path) -> None:
     program.save(str(path))
 
 
-def _dynamic_axes(model: ModelSpec, index: int) -> dict[int, object]:
+def _dynamic_axes(model: OnnxModelSpec, index: int) -> dict[int, object]:
     """Axes to export as symbolic; Dim.AUTO lets inputs sharing a length share one symbol."""
     tensor = model.inputs[index]
     offset = 0 if model.max_batch_size == 0 else 1
@@ -66,7 +66,7 @@ def _dynamic_axes(model: ModelSpec, index: int) -> dict[int, object]:
     return axes
 
 
-def _check_count(model: ModelSpec, kind: str, got: int, declared: int) -> None:
+def _check_count(model: OnnxModelSpec, kind: str, got: int, declared: int) -> None:
     if got != declared:
         raise ExportError(
             f"model {model.name!r}: the exported graph has {got} {kind}(s) but the spec declares {declared}; "

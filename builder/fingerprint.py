@@ -16,11 +16,20 @@ from typing import Any
 
 import builder
 from builder.source import source_files
-from builder.spec import ModelSpec, VersionSpec
+from builder.spec import OnnxModelSpec, VersionSpec
 
 __all__ = ["Fingerprint", "fingerprint", "sha256_file", "tool_versions"]
 
-_EXPORT_FIELDS = {"source", "max_batch_size", "inputs", "outputs", "formats", "opset", "seed"}
+# What shapes the exported file; paths (labels) are left out so a clone elsewhere reuses builds.
+_EXPORT_FIELDS: dict[str, Any] = {
+    "source": True,
+    "max_batch_size": True,
+    "inputs": True,
+    "outputs": {"__all__": {"name", "dtype", "dims", "atol", "rtol"}},
+    "formats": True,
+    "opset": True,
+    "seed": True,
+}
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,7 @@ class Fingerprint:
     inputs: dict[str, Any]
 
 
-def fingerprint(model: ModelSpec, version: VersionSpec, root: Path) -> Fingerprint:
+def fingerprint(model: OnnxModelSpec, version: VersionSpec, root: Path) -> Fingerprint:
     """Hash the source files, weights, export-relevant spec fields and tool versions."""
     weights = model.weights_for(version)
     inputs = {

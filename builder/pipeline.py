@@ -22,10 +22,21 @@ from builder.check import check_repository
 from builder.errors import BuildError, RepositoryError
 from builder.export import export_onnx
 from builder.fingerprint import Fingerprint, fingerprint
-from builder.render import FORMATS, render_config
+from builder.python_model import assemble_python_model
+from builder.render import FORMATS, label_filename, render_config
 from builder.repository import Workspace, link_tree, swap_into_place
 from builder.source import instantiate
-from builder.spec import ModelSpec, Spec, VersionSpec, load_spec
+from builder.spec import (
+    AnyModelSpec,
+    EnsembleSpec,
+    OnnxModelSpec,
+    PythonModelSpec,
+    Spec,
+    VersionSpec,
+    load_spec,
+    versions_of,
+)
+from builder.targets import Target, detect_target
 from builder.verify import VerificationReport, verify_onnx
 
 __all__ = ["BUILD_RECORD", "BuildSummary", "VersionResult", "build_repository"]
@@ -40,6 +51,7 @@ class VersionResult:
 
     model: str
     version: int
+    kind: str
     status: Status
     seconds: float
     detail: str
@@ -50,6 +62,7 @@ class BuildSummary:
     """Per-version results of a build, and the model directories it dropped."""
 
     repository: Path
+    target: Target = "cpu"
     results: list[VersionResult] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
 
@@ -59,12 +72,12 @@ class BuildSummary:
 
     def table(self) -> str:
         """A fixed-width table of the results, for the terminal."""
-        rows = [("model", "version", "status", "time", "detail")]
-        rows += [(r.model, str(r.version), r.status, f"{r.seconds:.1f}s", r.detail) for r in self.results]
-        rows += [(name, "-", "removed", "-", "no longer in the spec") for name in self.removed]
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        rows = [("model", "version", "kind", "status", "time", "detail")]
+        rows += [(r.model, str(r.version), r.kind, r.status, f"{r.seconds:.1f}s", r.detail) for r in self.results]
+        rows += [(name, "-", "-", "removed", "-", "no longer in the spec") for name in self.removed]
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
         return "\n".join(
-            "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4]
+            "  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)) + "  " + row[5]
             for row in rows
         )
 
@@ -74,6 +87,7 @@ def build_repository(
     repository: Path,
     *,
     force: bool = False,
+    target: Target | None = None,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> BuildSummary:
     """Build every model of the spec into `repository`.
@@ -82,21 +96,27 @@ def build_repository(
         spec_path: the spec file (models.yaml).
         repository: the Triton model repository to create or replace.
         force: export every version again even when its fingerprint is unchanged.
+        target: render configs for `cpu` or `gpu` hosts; None picks the one that fits this machine.
         log: where progress lines go.
 
     Raises:
         BuildError: a subclass naming what failed; `repository` is then left exactly as it was.
     """
     spec = load_spec(spec_path)
-    summary = BuildSummary(repository=repository)
+    if target is None:
+        target, reason = detect_target()
+        log(f"target: {target} ({reason}; --target cpu|gpu to choose)")
+    else:
+        log(f"target: {target}")
+    summary = BuildSummary(repository=repository, target=target)
     failures: list[str] = []
     try:
         with _importable(spec.path.parent), Workspace(repository) as workspace:
             for model in spec.models:
-                failures.extend(_build_model(spec, model, workspace, force, summary, log))
+                failures.extend(_build_model(spec, model, workspace, force, target, summary, log))
             if failures:
                 raise BuildError(f"{len(failures)} problem(s); {repository} was left as it was:", problems=failures)
-            problems = check_repository(workspace.staging)
+            problems = check_repository(workspace.staging, target)
             if problems:
                 raise RepositoryError(
                     f"the staged repository breaks {len(problems)} rule(s); {repository} was left as it was:",
@@ -111,35 +131,66 @@ def build_repository(
 
 
 def _build_model(
-    spec: Spec, model: ModelSpec, workspace: Workspace, force: bool, summary: BuildSummary, log: Callable[[str], None]
+    spec: Spec,
+    model: AnyModelSpec,
+    workspace: Workspace,
+    force: bool,
+    target: Target,
+    summary: BuildSummary,
+    log: Callable[[str], None],
 ) -> Iterator[str]:
     ok = True
-    for version in model.versions:
+    for version in versions_of(model):
         started = time.perf_counter()
         try:
             status, detail = _build_version(spec, model, version, workspace, force, log)
         except BuildError as exc:
             ok = False
+            elapsed = time.perf_counter() - started
             summary.results.append(
-                VersionResult(model.name, version.version, "failed", time.perf_counter() - started, type(exc).__name__)
+                VersionResult(model.name, version, model.kind, "failed", elapsed, type(exc).__name__)
             )
-            log(f"{model.name} v{version.version}: failed")
+            log(f"{model.name} v{version}: failed")
             yield str(exc)
             continue
-        summary.results.append(
-            VersionResult(model.name, version.version, status, time.perf_counter() - started, detail)
-        )
+        elapsed = time.perf_counter() - started
+        summary.results.append(VersionResult(model.name, version, model.kind, status, elapsed, detail))
     if ok:
+        model_dir = workspace.staging / model.name
         try:
-            text = render_config(model, spec.path.name)
+            text = render_config(model, spec.path.name, target)
         except BuildError as exc:
             yield str(exc)
             return
-        (workspace.staging / model.name / "config.pbtxt").write_text(text)
+        (model_dir / "config.pbtxt").write_text(text)
+        for output in model.outputs:
+            if output.labels is not None:
+                shutil.copy2(output.labels, model_dir / str(label_filename(output)))
 
 
 def _build_version(
-    spec: Spec, model: ModelSpec, version: VersionSpec, workspace: Workspace, force: bool, log: Callable[[str], None]
+    spec: Spec, model: AnyModelSpec, version: int, workspace: Workspace, force: bool, log: Callable[[str], None]
+) -> tuple[Status, str]:
+    target = workspace.staging / model.name / str(version)
+    if isinstance(model, EnsembleSpec):
+        target.mkdir(parents=True)  # Triton wants a version directory, even an empty one
+        return "built", f"{len(model.steps)} steps: " + " -> ".join(s.model for s in model.steps)
+    if isinstance(model, PythonModelSpec):
+        detail = assemble_python_model(model, spec.path.name, target)
+        log(f"{model.name} v{version}: assembled")
+        return "built", detail
+    return _build_onnx_version(
+        spec, model, next(v for v in model.versions if v.version == version), workspace, force, log
+    )
+
+
+def _build_onnx_version(
+    spec: Spec,
+    model: OnnxModelSpec,
+    version: VersionSpec,
+    workspace: Workspace,
+    force: bool,
+    log: Callable[[str], None],
 ) -> tuple[Status, str]:
     filename = FORMATS["onnx"].filename
     target = workspace.staging / model.name / str(version.version)
@@ -179,7 +230,7 @@ def _recorded_digest(version_dir: Path) -> str | None:
 
 def _write_record(
     path: Path,
-    model: ModelSpec,
+    model: OnnxModelSpec,
     version: VersionSpec,
     current: Fingerprint,
     report: VerificationReport,

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from builder.dtypes import by_triton
-from builder.spec import InputSpec, ModelSpec
+from builder.spec import InputSpec, OnnxModelSpec
 
 __all__ = ["Case", "cases", "export_case", "make_inputs"]
 
@@ -35,7 +35,7 @@ class Case:
         return (*prefix, *self.dims[name])
 
 
-def cases(model: ModelSpec) -> list[Case]:
+def cases(model: OnnxModelSpec) -> list[Case]:
     """Batch 1, a middle size and max_batch_size, each at the smallest and largest declared dims."""
     if model.max_batch_size > 0:
         mbs = model.max_batch_size
@@ -50,7 +50,7 @@ def cases(model: ModelSpec) -> list[Case]:
     ]
 
 
-def export_case(model: ModelSpec) -> Case:
+def export_case(model: OnnxModelSpec) -> Case:
     """The shape used to trace the export: no dimension 1, so the tracer cannot specialise
     a variable dimension to a constant (PyTorch treats sizes 0 and 1 as static)."""
     batch = None if model.max_batch_size == 0 else 2
@@ -64,7 +64,7 @@ def export_case(model: ModelSpec) -> Case:
     return Case(batch, dims)
 
 
-def make_inputs(model: ModelSpec, case: Case, rng: np.random.Generator) -> dict[str, NDArray[Any]]:
+def make_inputs(model: OnnxModelSpec, case: Case, rng: np.random.Generator) -> dict[str, NDArray[Any]]:
     """Random tensors of the case's shapes: normal floats, integers from `value_range`."""
     return {t.name: _random(t, case.shape(t.name), rng) for t in model.inputs}
 

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from builder.errors import SourceError
-from builder.spec import ModelSpec, VersionSpec
+from builder.spec import OnnxModelSpec, PythonModelSpec, VersionSpec
 
-__all__ = ["instantiate", "source_files"]
+__all__ = ["instantiate", "instantiate_processor", "source_files", "source_root"]
 
 
-def instantiate(model: ModelSpec, version: VersionSpec) -> nn.Module:
+def instantiate(model: OnnxModelSpec, version: VersionSpec) -> nn.Module:
     """Build the `nn.Module` for one version of a model, in eval mode, with its weights loaded.
 
     Raises:
@@ -42,6 +42,37 @@ def instantiate(model: ModelSpec, version: VersionSpec) -> nn.Module:
     if weights is not None:
         _load_weights(module, weights, label)
     return module.eval()
+
+
+def instantiate_processor(model: PythonModelSpec) -> object:
+    """Build a Python model's processor in-process, as its generated model.py will in Triton.
+
+    Raises:
+        SourceError: the class does not import, or its constructor rejects the options or files.
+    """
+    label = f"model {model.name!r} (source {model.source!r})"
+    factory = _resolve(model.source, label)
+    arguments = {**model.options, **{name: str(path) for name, path in model.files.items()}}
+    try:
+        return factory(**arguments)
+    except Exception as exc:
+        raise SourceError(
+            f"{label}: building it with options {sorted(model.options)} and files {sorted(model.files)} raised "
+            f"{type(exc).__name__}: {exc}",
+            problems=[_last_frame(exc)],
+        ) from exc
+
+
+def source_root(source: str) -> Path | None:
+    """The directory holding the top-level package (or module) of a `module:callable`."""
+    files = source_files(source)
+    if not files:
+        return None
+    top = source.partition(":")[0].split(".")[0]
+    spec = importlib.util.find_spec(top)
+    assert spec is not None and spec.origin is not None
+    origin = Path(spec.origin)
+    return origin.parent.parent if spec.submodule_search_locations else origin.parent
 
 
 def source_files(source: str) -> list[Path]:

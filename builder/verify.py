@@ -26,7 +26,7 @@ from torch import nn
 from builder.errors import VerificationError
 from builder.samples import cases, make_inputs
 from builder.signature import check_signature
-from builder.spec import ModelSpec, OutputSpec
+from builder.spec import OnnxModelSpec, OutputSpec
 
 __all__ = ["OutputAgreement", "VerificationReport", "verify_onnx"]
 
@@ -47,7 +47,7 @@ class VerificationReport:
     outputs: dict[str, OutputAgreement] = field(default_factory=dict)
 
 
-def verify_onnx(module: nn.Module, model: ModelSpec, path: Path) -> VerificationReport:
+def verify_onnx(module: nn.Module, model: OnnxModelSpec, path: Path) -> VerificationReport:
     """Run all checks on the ONNX file at `path` exported from `module`.
 
     Raises:
@@ -81,7 +81,7 @@ def _checker_problems(path: Path) -> Iterator[str]:
         inferred.unlink(missing_ok=True)
 
 
-def _compare_outputs(module: nn.Module, model: ModelSpec, path: Path) -> VerificationReport:
+def _compare_outputs(module: nn.Module, model: OnnxModelSpec, path: Path) -> VerificationReport:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(model.seed)
     report = VerificationReport(outputs={t.name: OutputAgreement() for t in model.outputs})

@@ -119,6 +119,20 @@ class TritonClient:
                 stats = self._client.get_inference_statistics(model)
         return stats
 
+    def load_model(self, model: str) -> None:
+        """Load (or reload) `model`; the server must run with --model-control-mode=explicit.
+
+        Raises:
+            ClientError: a subclass with the server's reason when the model does not load.
+        """
+        with _translate(model, loading=True):
+            self._client.load_model(model)
+
+    def unload_model(self, model: str) -> None:
+        """Unload `model` (explicit model control mode)."""
+        with _translate(model):
+            self._client.unload_model(model)
+
     def close(self) -> None:
         """Close the connection."""
         self._client.close()
@@ -133,13 +147,16 @@ class TritonClient:
 
 
 @contextmanager
-def _translate(model: str | None, timeout_s: float | None = None) -> Iterator[None]:
+def _translate(model: str | None, timeout_s: float | None = None, *, loading: bool = False) -> Iterator[None]:
     """The one place where tritonclient and connection errors become the kit's errors."""
     subject = f"model {model!r}" if model else "server"
     try:
         yield
     except InferenceServerException as exc:
-        raise _classify(exc, subject, timeout_s) from exc
+        error = _classify(exc, subject, timeout_s)
+        if loading and not isinstance(error, ServerUnavailable):
+            error = ModelNotReady(f"{subject} failed to load: {exc.message() or exc}")
+        raise error from exc
     except (ConnectionError, OSError) as exc:  # the HTTP client raises these for refused/reset sockets
         raise ServerUnavailable(f"{subject}: cannot reach the server: {exc}") from exc
 

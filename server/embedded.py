@@ -28,9 +28,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-__all__ = ["EmbeddedTriton", "ServerError", "TritonInstallation", "find_installation", "prepare_backends"]
+__all__ = [
+    "BATCHING_RUNTIME",
+    "EmbeddedTriton",
+    "ServerError",
+    "TritonInstallation",
+    "find_installation",
+    "prepare_backends",
+]
 
 _KIT_BACKENDS = Path(__file__).resolve().parent / "backends"
+BATCHING_RUNTIME = Path(__file__).resolve().parent / "runtime" / "triton_kit_batching.py"
+"""Runs a dynamic batch as one call inside Triton's Python stub; copied next to every model.py."""
 _PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
@@ -110,6 +119,7 @@ def prepare_backends(destination: Path, installation: TritonInstallation | None 
     for backend in sorted(p for p in _KIT_BACKENDS.iterdir() if (p / "model.py").is_file()):
         (destination / backend.name).mkdir(exist_ok=True)
         files.append((backend / "model.py", destination / backend.name / "model.py"))
+        files.append((BATCHING_RUNTIME, destination / backend.name / BATCHING_RUNTIME.name))
     for source, target in files:
         if (
             not target.exists()

@@ -18,7 +18,7 @@ from tests.conftest import ROOT, free_port, linear_model
 def example_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The kit's example models built from models.yaml into a fresh repository."""
     repo = tmp_path_factory.mktemp("examples") / "model_repository"
-    build_repository(ROOT / "models.yaml", repo, log=lambda _: None)
+    build_repository(ROOT / "models.yaml", repo, target="cpu", log=lambda _: None)
     return repo
 
 
@@ -27,7 +27,7 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One small linear model: quick to load, for tests about the server process itself."""
     root = tmp_path_factory.mktemp("tiny")
     (root / "models.yaml").write_text(yaml.safe_dump({"models": [linear_model()]}))
-    build_repository(root / "models.yaml", root / "model_repository", log=lambda _: None)
+    build_repository(root / "models.yaml", root / "model_repository", target="cpu", log=lambda _: None)
     return root / "model_repository"
 
 

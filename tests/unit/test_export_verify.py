@@ -11,16 +11,16 @@ import torch
 from builder.errors import ExportError, VerificationError
 from builder.export import export_onnx
 from builder.source import instantiate
-from builder.spec import ModelSpec, load_spec
+from builder.spec import OnnxModelSpec, load_spec
 from builder.verify import verify_onnx
 from tests.conftest import linear_model
 
 
-def spec_of(write_spec, **entry) -> ModelSpec:
+def spec_of(write_spec, **entry) -> OnnxModelSpec:
     return load_spec(write_spec(linear_model(**entry))).models[0]
 
 
-def build(model: ModelSpec, path: Path):
+def build(model: OnnxModelSpec, path: Path):
     module = instantiate(model, model.versions[0])
     export_onnx(module, model, path)
     return verify_onnx(module, model, path)

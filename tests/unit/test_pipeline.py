@@ -128,6 +128,6 @@ def test_check_flags_a_hand_broken_copy(write_spec, repo, tmp_path) -> None:
     (broken / "b" / "1" / "model.onnx").unlink()
     problems = [str(p) for p in check_repository(broken)]
     assert len(problems) == 3
-    assert any("a/config.pbtxt: name = 'aa': must equal the directory name 'a'" in p for p in problems)
+    assert any("a/config.pbtxt: name = 'aa': must equal the model's directory name 'a'" in p for p in problems)
     assert any("output 'y'" in p and "dims[0] is 7 as declared but 3 in the graph" in p for p in problems)
     assert any("b/1/model.onnx: model file = missing" in p for p in problems)

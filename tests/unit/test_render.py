@@ -1,4 +1,4 @@
-"""config.pbtxt rendering: golden files, the protobuf round trip, and template failures."""
+"""config.pbtxt rendering: golden files for both targets, the protobuf round trip, template failures."""
 
 from __future__ import annotations
 
@@ -7,59 +7,147 @@ from pathlib import Path
 import jinja2
 import pytest
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
+from tritonclient.grpc import model_config_pb2 as pb
 
 from builder import render
 from builder.errors import RenderError
-from builder.render import parse_config, render_config
-from builder.spec import load_spec
+from builder.render import parse_config, render_config, render_python_model
+from builder.spec import PythonModelSpec, load_spec
 from tests.conftest import ROOT, linear_model
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+EXAMPLES = [m.name for m in load_spec(ROOT / "models.yaml").models]
 
-# A spec exercising every block the template knows, for its own golden file.
-FULL = linear_model(
-    "full",
-    versions=[1, 3],
-    dynamic_batching={"max_queue_delay_microseconds": 500, "preferred_batch_size": [4, 8], "preserve_ordering": True},
-    instance_group=[{"kind": "KIND_GPU", "count": 2, "gpus": [0, 1]}, {"kind": "KIND_CPU", "count": 1}],
-)
-UNBATCHED = linear_model("unbatched", max_batch_size=0, dynamic_batching=None)
+# Specs exercising every block the template knows, each with its own golden file per target.
+FEATURES = {
+    "full": linear_model(
+        "full",
+        versions=[1, 3],
+        dynamic_batching={
+            "max_queue_delay_microseconds": 500,
+            "preferred_batch_size": [4, 8],
+            "priority_levels": 2,
+            "default_priority_level": 2,
+            "default_queue_policy": {
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": 100000,
+                "allow_timeout_override": True,
+                "max_queue_size": 64,
+            },
+            "priority_queue_policy": {1: {"max_queue_size": 8}},
+        },
+        instance_group=[
+            {
+                "count": 2,
+                "gpus": [0, 1],
+                "rate_limiter": {"resources": [{"name": "R1", "count": 2, "shared": True}], "priority": 1},
+            },
+            {"kind": "KIND_CPU", "count": 1},
+        ],
+        response_cache=True,
+        parameters={"custom_key": "value"},
+        warmup={"when": "always", "batch_sizes": [1, 8]},
+        cpu={"intra_op_thread_count": 4, "inter_op_thread_count": 1},
+        gpu={"accelerator": "tensorrt", "precision_mode": "FP16", "engine_cache_path": "/cache/trt"},
+    ),
+    "unbatched": linear_model("unbatched", max_batch_size=0, gpu={"accelerator": "cuda"}),
+    "stateful": linear_model(
+        "stateful",
+        version_policy={"latest": 1},
+        sequence_batching={
+            "max_sequence_idle_microseconds": 5000000,
+            "start": "START",
+            "end": "END",
+            "ready": "READY",
+            "correlation_id": "CORRID",
+            "strategy": "oldest",
+            "max_candidate_sequences": 4,
+            "preferred_batch_size": [2, 4],
+            "max_queue_delay_microseconds": 100,
+        },
+    ),
+    "streaming": {
+        "name": "streaming",
+        "kind": "python",
+        "source": "models.text_pipeline:Tokenizer",
+        "options": {"max_length": 64},
+        "max_batch_size": 4,
+        "decoupled": True,
+        "inputs": [{"name": "text", "dtype": "TYPE_STRING", "dims": [1], "optional": True}],
+        "outputs": [{"name": "input_ids", "dtype": "TYPE_INT64", "dims": [-1]}],
+    },
+}
 
 
-@pytest.mark.parametrize("name", ["image_classifier", "text_encoder"])
-def test_example_configs_equal_their_golden_files(name: str) -> None:
+def golden(target: str, name: str) -> str:
+    return (GOLDEN / target / f"{name}.pbtxt").read_text()
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_configs_equal_their_golden_files(name: str, target: str) -> None:
     model = load_spec(ROOT / "models.yaml").model(name)
-    assert render_config(model, "models.yaml") == (GOLDEN / f"{name}.pbtxt").read_text()
+    assert render_config(model, "models.yaml", target) == golden(target, name)
 
 
-@pytest.mark.parametrize("entry", [FULL, UNBATCHED], ids=["full", "unbatched"])
-def test_feature_configs_equal_their_golden_files(entry, write_spec) -> None:
-    model = load_spec(write_spec(entry)).models[0]
-    assert render_config(model, "models.yaml") == (GOLDEN / f"{entry['name']}.pbtxt").read_text()
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+@pytest.mark.parametrize("name", FEATURES)
+def test_feature_configs_equal_their_golden_files(name: str, target: str, write_spec) -> None:
+    model = load_spec(write_spec(FEATURES[name])).models[0]
+    assert render_config(model, "models.yaml", target) == golden(target, name)
 
 
-def test_rendered_config_parses_into_what_the_spec_declares(write_spec) -> None:
-    model = load_spec(write_spec(FULL)).models[0]
-    config = text_format.Parse(render_config(model, "models.yaml"), model_config_pb2.ModelConfig())
-    assert config.platform == "onnxruntime_onnx"
-    assert config.max_batch_size == 8
-    assert list(config.version_policy.specific.versions) == [1, 3]
-    assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [("x", model_config_pb2.TYPE_FP32, [4])]
-    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
-    assert config.dynamic_batching.preserve_ordering
-    assert [(g.kind, g.count, list(g.gpus)) for g in config.instance_group] == [
-        (model_config_pb2.ModelInstanceGroup.KIND_GPU, 2, [0, 1]),
-        (model_config_pb2.ModelInstanceGroup.KIND_CPU, 1, []),
-    ]
+def test_every_golden_file_is_tested() -> None:
+    tested = {f"{target}/{name}.pbtxt" for target in ("cpu", "gpu") for name in [*EXAMPLES, *FEATURES]}
+    assert {str(p.relative_to(GOLDEN)) for p in GOLDEN.rglob("*.pbtxt")} == tested
+
+
+def test_the_gpu_target_runs_on_gpus_with_accelerators_and_warmup(write_spec) -> None:
+    model = load_spec(write_spec(FEATURES["full"])).models[0]
+    gpu = text_format.Parse(render_config(model, "models.yaml", "gpu"), pb.ModelConfig())
+    cpu = text_format.Parse(render_config(model, "models.yaml", "cpu"), pb.ModelConfig())
+    assert [g.kind for g in gpu.instance_group] == [pb.ModelInstanceGroup.KIND_GPU, pb.ModelInstanceGroup.KIND_CPU]
+    assert [g.kind for g in cpu.instance_group] == [pb.ModelInstanceGroup.KIND_CPU, pb.ModelInstanceGroup.KIND_CPU]
+    assert list(gpu.instance_group[0].gpus) == [0, 1] and not cpu.instance_group[0].gpus
+    (accelerator,) = gpu.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt" and accelerator.parameters["trt_engine_cache_path"] == "/cache/trt"
+    assert not cpu.optimization.execution_accelerators.gpu_execution_accelerator
+    assert cpu.parameters["intra_op_thread_count"].string_value == "4"
+    assert "intra_op_thread_count" not in gpu.parameters
+    assert gpu.dynamic_batching.default_queue_policy.max_queue_size == 64
+    assert gpu.dynamic_batching.priority_queue_policy[1].max_queue_size == 8
+    assert gpu.instance_group[0].rate_limiter.resources[0].__getattribute__("global")
+    assert [w.batch_size for w in gpu.model_warmup] == [1, 8]
+    assert gpu.model_warmup[0].inputs["x"].random_data and list(gpu.model_warmup[0].inputs["x"].dims) == [4]
+
+
+def test_warmup_follows_the_target_by_default(write_spec) -> None:
+    spec = load_spec(ROOT / "models.yaml")
+    encoder = spec.model("text_encoder")
+    gpu = text_format.Parse(render_config(encoder, "models.yaml", "gpu"), pb.ModelConfig())
+    cpu = text_format.Parse(render_config(encoder, "models.yaml", "cpu"), pb.ModelConfig())
+    assert not cpu.model_warmup
+    warm = gpu.model_warmup[-1]
+    assert warm.batch_size == 32
+    assert list(warm.inputs["input_ids"].dims) == [32]  # the typical (opt) length, concrete
+    assert warm.inputs["input_ids"].zero_data  # integer ids: zeros are valid, random values may not be
 
 
 def test_max_batch_size_zero_is_written_out(write_spec) -> None:
     # The protobuf text format drops fields at their default; Triton reads a missing
     # max_batch_size as 0 too, but the config should say it.
-    text = render_config(load_spec(write_spec(UNBATCHED)).models[0], "models.yaml")
+    text = render_config(load_spec(write_spec(FEATURES["unbatched"])).models[0], "models.yaml")
     assert "max_batch_size: 0\n" in text
     assert "dynamic_batching" not in text
+
+
+def test_the_generated_python_model_imports_the_source_and_its_options(write_spec) -> None:
+    model = load_spec(write_spec(FEATURES["streaming"])).models[0]
+    assert isinstance(model, PythonModelSpec)
+    text = render_python_model(model, "models.yaml", {"vocab": "files/vocab.txt"})
+    assert "from models.text_pipeline import Tokenizer as _Processor" in text
+    assert '_OPTIONS = json.loads("{\\"max_length\\": 64}")' in text
+    assert '_FILES = json.loads("{\\"vocab\\": \\"files/vocab.txt\\"}")' in text
 
 
 def test_unparsable_text_names_the_origin_and_the_parser_position() -> None:
@@ -71,10 +159,14 @@ def test_unparsable_text_names_the_origin_and_the_parser_position() -> None:
     assert "  2 | max_batch_size: eight" in message
 
 
+def _swap_templates(monkeypatch, directory: Path) -> None:
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(directory), undefined=jinja2.StrictUndefined)
+    monkeypatch.setattr(render, "_ENVIRONMENT", environment)
+
+
 def test_a_template_that_renders_an_invalid_config_fails_the_render(write_spec, tmp_path, monkeypatch) -> None:
     (tmp_path / "model_config.pbtxt.j2").write_text('name: "{{ name }}"\nmax_batch_sise: {{ max_batch_size }}\n')
-    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(tmp_path), undefined=jinja2.StrictUndefined)
-    monkeypatch.setattr(render, "_ENVIRONMENT", environment)
+    _swap_templates(monkeypatch, tmp_path)
     with pytest.raises(
         RenderError, match=r"model 'linear' rendered from template .*model_config.pbtxt.j2.*max_batch_sise"
     ):
@@ -85,7 +177,6 @@ def test_a_template_using_an_undefined_value_fails_instead_of_printing_nothing(
     write_spec, tmp_path, monkeypatch
 ) -> None:
     (tmp_path / "model_config.pbtxt.j2").write_text('name: "{{ nmae }}"\n')
-    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(tmp_path), undefined=jinja2.StrictUndefined)
-    monkeypatch.setattr(render, "_ENVIRONMENT", environment)
+    _swap_templates(monkeypatch, tmp_path)
     with pytest.raises(RenderError, match="'nmae' is undefined"):
         render_config(load_spec(write_spec(linear_model())).models[0], "models.yaml")

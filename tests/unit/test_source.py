@@ -7,12 +7,12 @@ import torch
 
 from builder.errors import SourceError
 from builder.source import instantiate
-from builder.spec import ModelSpec, load_spec
+from builder.spec import OnnxModelSpec, load_spec
 from tests import tiny_models
 from tests.conftest import linear_model
 
 
-def spec_of(write_spec, **entry) -> ModelSpec:
+def spec_of(write_spec, **entry) -> OnnxModelSpec:
     return load_spec(write_spec(linear_model(**entry))).models[0]
 
 

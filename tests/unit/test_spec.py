@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import SpecError
-from builder.spec import load_spec
+from builder.spec import OnnxModelSpec, load_spec
 from tests.conftest import ROOT, linear_model
 
 
@@ -19,8 +19,9 @@ def problems_of(path: Path) -> list[str]:
 
 def test_the_kits_spec_declares_both_example_models() -> None:
     spec = load_spec(ROOT / "models.yaml")
-    assert [m.name for m in spec.models] == ["image_classifier", "text_encoder"]
+    assert [m.name for m in spec.of_kind(OnnxModelSpec)] == ["image_classifier", "text_encoder"]
     encoder = spec.model("text_encoder")
+    assert isinstance(encoder, OnnxModelSpec)
     assert encoder.inputs[0].dims == (-1,)
     assert encoder.inputs[0].dynamic_axes == (0,)
     assert encoder.inputs[0].shape_range is not None and encoder.inputs[0].shape_range.max == (128,)
@@ -31,7 +32,7 @@ def test_defaults_are_filled_in(write_spec) -> None:
     assert model.formats == ("onnx",)
     assert [v.version for v in model.versions] == [1]
     assert model.dynamic_batching is not None and model.dynamic_batching.max_queue_delay_microseconds == 0
-    assert model.instance_group[0].kind == "KIND_CPU"
+    assert model.instance_group[0].kind is None  # the build target decides
     assert model.outputs[0].atol == 1e-4
 
 
@@ -84,11 +85,21 @@ def test_every_problem_of_every_model_is_reported_at_once(write_spec) -> None:
 
 
 def test_batching_rules(write_spec) -> None:
-    problems = problems_of(
-        write_spec(linear_model(max_batch_size=0, instance_group=[{"kind": "KIND_CPU", "gpus": [0]}]))
+    explicit = linear_model(
+        max_batch_size=0,
+        dynamic_batching={"max_queue_delay_microseconds": 100},
+        instance_group=[{"kind": "KIND_CPU", "gpus": [0]}],
     )
+    problems = problems_of(write_spec(explicit))
     assert any("dynamic_batching is set but max_batch_size is 0" in p for p in problems)
     assert any("a KIND_CPU group cannot name GPUs" in p for p in problems)
+
+
+def test_the_default_batcher_is_off_where_it_cannot_apply(write_spec) -> None:
+    unbatched = linear_model("unbatched", max_batch_size=0)
+    stateful = linear_model("stateful", sequence_batching={"start": "START"})
+    spec = load_spec(write_spec(unbatched, stateful, linear_model()))
+    assert [m.batcher is None for m in spec.models] == [True, True, False]
 
 
 def test_shape_range_must_fit_the_dims(write_spec) -> None:

@@ -4,23 +4,43 @@ Triton maps `platform: "onnxruntime_onnx"` to the backend `onnxruntime`; the emb
 no C++ ONNX Runtime backend, so this file, placed at `<backend-dir>/onnxruntime/model.py`, serves
 those configs unchanged. The NGC container uses its own C++ backend for the same repository.
 
-Each `execute` call receives every request of a dynamic batch. Requests whose tensors have the
-same per-item shapes are concatenated along the batch axis, run in one ONNX Runtime call, and
-the result is split back per request; batching would buy nothing otherwise. A request that
-cannot be run (a missing input, say) gets its own error while the others succeed.
-
-It runs inside Triton's Python stub, so it imports nothing from the kit.
+Each `execute` call receives every request of a dynamic batch and runs it as one ONNX Runtime
+call (triton_kit_batching, copied next to this file); a request ONNX Runtime rejects as invalid
+gets its own error while the others succeed. It runs inside Triton's Python stub, so it imports
+nothing from the kit.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from triton_kit_batching import execute_batched
+
+# ONNX Runtime's element types in Triton's names, to compare the model with its config.
+_ORT_TYPES = {
+    "tensor(bool)": "TYPE_BOOL",
+    "tensor(uint8)": "TYPE_UINT8",
+    "tensor(uint16)": "TYPE_UINT16",
+    "tensor(uint32)": "TYPE_UINT32",
+    "tensor(uint64)": "TYPE_UINT64",
+    "tensor(int8)": "TYPE_INT8",
+    "tensor(int16)": "TYPE_INT16",
+    "tensor(int32)": "TYPE_INT32",
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(float)": "TYPE_FP32",
+    "tensor(double)": "TYPE_FP64",
+    "tensor(string)": "TYPE_STRING",
+}
 
 # ONNX Runtime session options read from the config's `parameters`, as the C++ backend does.
 _THREAD_PARAMETERS = {"intra_op_thread_count": "intra_op_num_threads", "inter_op_thread_count": "inter_op_num_threads"}
@@ -42,64 +62,50 @@ class TritonPythonModel:
             if parameter in parameters:
                 setattr(options, attribute, int(parameters[parameter]))
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        problems = _signature_problems(config, self.session, args["model_name"])
+        if problems:
+            raise pb_utils.TritonModelException("; ".join(problems))
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses: list[Any] = [None] * len(requests)
-        groups: dict[tuple[Any, ...], list[tuple[int, dict[str, np.ndarray]]]] = {}
-        for index, request in enumerate(requests):
-            try:
-                feeds = self._feeds(request)
-            except ValueError as exc:
-                responses[index] = _error(str(exc), pb_utils.TritonError.INVALID_ARGUMENT)
-                continue
-            key = self._group_key(feeds) if self.batching else (index,)
-            groups.setdefault(key, []).append((index, feeds))
-        for members in groups.values():
-            self._run_group(requests, members, responses)
-        return responses
+        return execute_batched(
+            requests, self.input_names, self.output_names, self._run, batching=self.batching, invalid=(InvalidArgument,)
+        )
 
     def finalize(self) -> None:
         self.session = None
 
-    def _feeds(self, request: Any) -> dict[str, np.ndarray]:
-        feeds = {}
-        for name in self.input_names:
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is None:
-                raise ValueError(f"input {name!r} is missing; the model takes {self.input_names}")
-            feeds[name] = tensor.as_numpy()
-        return feeds
-
-    @staticmethod
-    def _group_key(feeds: dict[str, np.ndarray]) -> tuple[Any, ...]:
-        # Only tensors with equal per-item shapes can be concatenated along the batch axis.
-        return tuple((name, array.shape[1:], array.dtype.str) for name, array in sorted(feeds.items()))
-
-    def _run_group(
-        self, requests: list[Any], members: list[tuple[int, dict[str, np.ndarray]]], responses: list[Any]
-    ) -> None:
-        if len(members) == 1:
-            batch = members[0][1]
-        else:
-            batch = {name: np.concatenate([feeds[name] for _, feeds in members]) for name in self.input_names}
-        try:
-            results = self.session.run(self.output_names, batch)
-        except Exception as exc:  # ONNX Runtime raises its own types; every one fails these requests
-            for index, _ in members:
-                responses[index] = _error(f"ONNX Runtime failed: {exc}", pb_utils.TritonError.INTERNAL)
-            return
-        offset = 0
-        for index, feeds in members:
-            size = len(next(iter(feeds.values()))) if self.batching else 0
-            wanted = set(requests[index].requested_output_names()) or set(self.output_names)
-            outputs = []
-            for name, result in zip(self.output_names, results, strict=False):
-                if name in wanted:
-                    part = result[offset : offset + size] if self.batching and len(members) > 1 else result
-                    outputs.append(pb_utils.Tensor(name, np.ascontiguousarray(part)))
-            responses[index] = pb_utils.InferenceResponse(output_tensors=outputs)
-            offset += size
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
 
 
-def _error(message: str, code: Any) -> Any:
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+def _signature_problems(config: dict[str, Any], session: ort.InferenceSession, model: str) -> list[str]:
+    """What the C++ onnxruntime backend refuses at load: config tensors the model lacks, or whose
+    dtype, rank or fixed dims differ from the model's."""
+    batch = [-1] if int(config.get("max_batch_size", 0)) > 0 else []
+    problems = []
+    for kind, declared, actual in (
+        ("input", config["input"], session.get_inputs()),
+        ("output", config["output"], session.get_outputs()),
+    ):
+        graph = {value.name: value for value in actual}
+        for tensor in declared:
+            value = graph.get(tensor["name"])
+            if value is None:
+                problems.append(
+                    f"model '{model}': unexpected inference {kind} '{tensor['name']}', allowed {kind}s are: {', '.join(graph)}"
+                )
+                continue
+            if _ORT_TYPES.get(value.type) != tensor["data_type"]:
+                problems.append(
+                    f"model '{model}', tensor '{tensor['name']}': the model expects {value.type} but the configuration specifies {tensor['data_type']}"
+                )
+            expected = batch + [int(d) for d in tensor["dims"]]
+            shape = [d if isinstance(d, int) else -1 for d in value.shape]
+            if len(shape) != len(expected) or any(
+                a != b and -1 not in (a, b) for a, b in zip(shape, expected, strict=False)
+            ):
+                problems.append(
+                    f"model '{model}', tensor '{tensor['name']}': the model expects {len(shape)} dimensions (shape {shape}) "
+                    f"but the model configuration specifies {len(expected)} dimensions (shape {expected})"
+                )
+    return problems

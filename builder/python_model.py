@@ -1,0 +1,42 @@
+"""Assemble a Python model's version directory: the generated model.py, the user's source
+package, the model's data files and the batching runtime, self-contained so the same directory
+loads in the embedded server and in the NGC container."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from builder.errors import SourceError
+from builder.render import render_python_model
+from builder.source import instantiate_processor, source_files, source_root
+from builder.spec import PythonModelSpec
+from server.embedded import BATCHING_RUNTIME
+
+__all__ = ["assemble_python_model"]
+
+
+def assemble_python_model(model: PythonModelSpec, spec_file: str, version_dir: Path) -> str:
+    """Write the version directory of `model`; return a one-line description for the summary.
+
+    Raises:
+        SourceError: the processor class does not import or cannot be built with its options.
+        RenderError: the generated model.py is not valid Python.
+    """
+    instantiate_processor(model)  # fails the build here rather than at the server's load
+    root = source_root(model.source)
+    if root is None:
+        raise SourceError(f"model {model.name!r}: cannot locate the files of source {model.source!r}")
+    version_dir.mkdir(parents=True)
+    sources = source_files(model.source)
+    for path in sources:
+        target = version_dir / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    files = {name: f"files/{name}{path.suffix}" for name, path in model.files.items()}
+    for name, relative in files.items():
+        (version_dir / relative).parent.mkdir(exist_ok=True)
+        shutil.copy2(model.files[name], version_dir / relative)
+    shutil.copy2(BATCHING_RUNTIME, version_dir / BATCHING_RUNTIME.name)
+    (version_dir / "model.py").write_text(render_python_model(model, spec_file, files))
+    return f"{model.source}: {len(sources)} source file(s), {len(files)} data file(s)"

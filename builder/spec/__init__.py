@@ -1,0 +1,62 @@
+"""The spec file: every model of the repository declared once, as validated data.
+
+Three kinds of model, chosen by `kind:` (default `onnx`):
+
+- `onnx`: a PyTorch module exported to ONNX (`OnnxModelSpec`);
+- `python`: a pre/post-processing class served by the Python backend (`PythonModelSpec`);
+- `ensemble`: a pipeline of the others run by Triton's ensemble scheduler (`EnsembleSpec`).
+"""
+
+from builder.spec.loading import KINDS, Spec, as_ensemble, as_member, load_spec
+from builder.spec.models import (
+    DEFAULT_OPSET,
+    AnyModelSpec,
+    EnsembleSpec,
+    OnnxModelSpec,
+    PythonModelSpec,
+    StepSpec,
+    VersionSpec,
+)
+from builder.spec.rules import versions_of
+from builder.spec.serving import (
+    CpuOptions,
+    DynamicBatching,
+    GpuOptions,
+    InstanceGroup,
+    QueuePolicy,
+    RateLimiter,
+    RateLimiterResource,
+    SequenceBatching,
+    VersionPolicy,
+    Warmup,
+)
+from builder.spec.tensors import InputSpec, OutputSpec, ShapeRange
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "KINDS",
+    "AnyModelSpec",
+    "CpuOptions",
+    "DynamicBatching",
+    "EnsembleSpec",
+    "GpuOptions",
+    "InputSpec",
+    "InstanceGroup",
+    "OnnxModelSpec",
+    "OutputSpec",
+    "PythonModelSpec",
+    "QueuePolicy",
+    "RateLimiter",
+    "RateLimiterResource",
+    "SequenceBatching",
+    "ShapeRange",
+    "Spec",
+    "StepSpec",
+    "VersionPolicy",
+    "VersionSpec",
+    "Warmup",
+    "as_ensemble",
+    "as_member",
+    "load_spec",
+    "versions_of",
+]

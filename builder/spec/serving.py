@@ -1,0 +1,125 @@
+"""Serving options: how Triton schedules, places, versions, warms up and caches a model."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from builder.spec._base import Strict
+
+__all__ = [
+    "CpuOptions",
+    "DynamicBatching",
+    "GpuOptions",
+    "InstanceGroup",
+    "QueuePolicy",
+    "RateLimiter",
+    "RateLimiterResource",
+    "SequenceBatching",
+    "VersionPolicy",
+    "Warmup",
+]
+
+NonNegative = Annotated[int, Field(ge=0)]
+Positive = Annotated[int, Field(ge=1)]
+
+
+class QueuePolicy(Strict):
+    """What happens to queued requests: how long they may wait and how many may wait."""
+
+    timeout_action: Literal["REJECT", "DELAY"] = "REJECT"
+    default_timeout_microseconds: NonNegative = 0
+    allow_timeout_override: bool = False
+    max_queue_size: NonNegative = 0
+
+
+class DynamicBatching(Strict):
+    """Triton's dynamic batcher: requests are queued up to the delay and executed together."""
+
+    max_queue_delay_microseconds: NonNegative = 0
+    preferred_batch_size: tuple[Positive, ...] = ()
+    preserve_ordering: bool = False
+    priority_levels: NonNegative = 0
+    default_priority_level: NonNegative = 0
+    default_queue_policy: QueuePolicy | None = None
+    priority_queue_policy: dict[Positive, QueuePolicy] = Field(default_factory=dict)
+
+
+class SequenceBatching(Strict):
+    """The sequence batcher for stateful models: requests of one sequence go to one instance.
+
+    The control tensors (TYPE_INT32 0/1 flags, TYPE_UINT64 correlation id) are named here and
+    must not be declared as inputs; the model receives them as inputs of those names.
+    """
+
+    max_sequence_idle_microseconds: Positive = 1_000_000
+    start: str | None = None
+    end: str | None = None
+    ready: str | None = None
+    correlation_id: str | None = None
+    strategy: Literal["direct", "oldest"] = "direct"
+    max_queue_delay_microseconds: NonNegative = 0
+    max_candidate_sequences: Positive = 1
+    preferred_batch_size: tuple[Positive, ...] = ()
+
+
+class RateLimiterResource(Strict):
+    """A resource an instance needs from the rate limiter before it may execute."""
+
+    name: str
+    count: Positive = 1
+    shared: bool = Field(default=False, description="rendered as `global`: shared by all devices")
+
+
+class RateLimiter(Strict):
+    """Rate-limiter settings of an instance group (effective with `--rate-limit=execution_count`)."""
+
+    resources: tuple[RateLimiterResource, ...] = ()
+    priority: NonNegative = 0
+
+
+class InstanceGroup(Strict):
+    """How many copies of the model run, and where. Without `kind`, the build target decides:
+    KIND_GPU for `gpu`, KIND_CPU for `cpu` (Python models run on the CPU on both)."""
+
+    kind: Literal["KIND_CPU", "KIND_GPU", "KIND_AUTO"] | None = None
+    count: Positive = 1
+    gpus: tuple[NonNegative, ...] = ()
+    rate_limiter: RateLimiter | None = None
+
+
+class VersionPolicy(Strict):
+    """Which versions are served: the newest `latest`, `all`, or the `specific` ones."""
+
+    latest: Positive | None = None
+    all: bool = False
+    specific: tuple[Positive, ...] = ()
+
+
+class Warmup(Strict):
+    """model_warmup generated from the input specs (random data at each input's typical shape).
+
+    `when` picks the targets that get it: warmup makes the first request fast at the cost of a
+    slower load, which matters most on GPUs (and with TensorRT engines).
+    """
+
+    when: Literal["gpu", "always", "never"] = "gpu"
+    batch_sizes: tuple[Positive, ...] = ()
+    count: Positive = 1
+
+
+class GpuOptions(Strict):
+    """ONNX Runtime execution accelerators, rendered for the `gpu` target only."""
+
+    accelerator: Literal["none", "cuda", "tensorrt"] = "none"
+    precision_mode: Literal["FP32", "FP16", "INT8"] = "FP16"
+    max_workspace_size_bytes: Positive = 1 << 30
+    engine_cache_path: str | None = None
+
+
+class CpuOptions(Strict):
+    """ONNX Runtime thread counts, rendered as backend parameters for the `cpu` target only."""
+
+    intra_op_thread_count: NonNegative | None = None
+    inter_op_thread_count: NonNegative | None = None

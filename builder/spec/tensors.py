@@ -1,0 +1,81 @@
+"""Tensors as the spec declares them: Triton's view (dims exclude the batch dimension)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from builder.spec._base import Dim, Strict
+
+__all__ = ["InputSpec", "OutputSpec", "ShapeRange", "TensorDType"]
+
+TensorDType = Literal[
+    "TYPE_BOOL",
+    "TYPE_UINT8",
+    "TYPE_UINT16",
+    "TYPE_UINT32",
+    "TYPE_UINT64",
+    "TYPE_INT8",
+    "TYPE_INT16",
+    "TYPE_INT32",
+    "TYPE_INT64",
+    "TYPE_FP16",
+    "TYPE_FP32",
+    "TYPE_FP64",
+    "TYPE_STRING",
+]
+"""Any tensor dtype: the numeric ones of builder.dtypes, and TYPE_STRING (bytes) for Python and
+ensemble models."""
+
+
+class ShapeRange(Strict):
+    """Smallest, typical and largest shape (batch dimension excluded) an input is sent with.
+
+    Verification runs at `min` and `max`; warmup and TensorRT profiles use `opt` too.
+    """
+
+    min: tuple[Annotated[int, Field(ge=1)], ...]
+    opt: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+    max: tuple[Annotated[int, Field(ge=1)], ...]
+
+    @property
+    def typical(self) -> tuple[int, ...]:
+        """`opt` when declared, else the midpoint of each dimension."""
+        if self.opt is not None:
+            return self.opt
+        return tuple((lo + hi) // 2 for lo, hi in zip(self.min, self.max, strict=True))
+
+
+class InputSpec(Strict):
+    """One model input, in Triton's terms: `dims` excludes the batch dimension, -1 is variable."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$")]
+    dtype: TensorDType
+    dims: tuple[Dim, ...]
+    shape_range: ShapeRange | None = None
+    value_range: tuple[float, float] | None = None
+    optional: bool = False
+
+    @property
+    def dynamic_axes(self) -> tuple[int, ...]:
+        """Positions in `dims` declared variable (-1)."""
+        return tuple(i for i, d in enumerate(self.dims) if d == -1)
+
+    @property
+    def typical_dims(self) -> tuple[int, ...]:
+        """Concrete dims for warmup: `shape_range.opt` (or its midpoint) for variable ones."""
+        return self.shape_range.typical if self.shape_range else self.dims
+
+
+class OutputSpec(Strict):
+    """One model output; `atol`/`rtol` bound its difference from PyTorch during verification,
+    `labels` names a file of class labels (one per line) for Triton's classification extension."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$")]
+    dtype: TensorDType
+    dims: tuple[Dim, ...]
+    atol: Annotated[float, Field(ge=0)] = 1e-4
+    rtol: Annotated[float, Field(ge=0)] = 1e-3
+    labels: Path | None = None

@@ -1,0 +1,95 @@
+"""Run a whole dynamic batch of Triton requests through one call, inside Triton's Python stub.
+
+Shared by the kit's `onnxruntime` backend and every generated Python model (the builder copies
+this file next to each model.py; it imports nothing from the kit).
+
+Requests whose inputs have equal per-item shapes are concatenated along the batch axis, run in
+one call, and the results split back per request. When the call raises one of the `invalid`
+exceptions (bad input, such as an undecodable image), the group is run again request by request,
+so only the requests that raise get an INVALID_ARGUMENT error and the others their answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+Run = Callable[[dict[str, np.ndarray[Any, Any]]], Mapping[str, np.ndarray[Any, Any]]]
+
+
+def execute_batched(
+    requests: Sequence[Any],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    run: Run,
+    *,
+    batching: bool,
+    invalid: tuple[type[BaseException], ...] = (ValueError,),
+) -> list[Any]:
+    """One response per request, in order (Triton requires exactly that)."""
+    responses: list[Any] = [None] * len(requests)
+    feeds: list[dict[str, np.ndarray[Any, Any]]] = []
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, request in enumerate(requests):
+        arrays = {}
+        for name in input_names:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is not None:  # an optional input the request left out
+                arrays[name] = tensor.as_numpy()
+        feeds.append(arrays)
+        key = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(arrays.items())) if batching else (index,)
+        groups.setdefault(key, []).append(index)
+    for members in groups.values():
+        _run_group(requests, feeds, members, output_names, run, batching, invalid, responses)
+    return responses
+
+
+def _run_group(
+    requests: Sequence[Any],
+    feeds: list[dict[str, np.ndarray[Any, Any]]],
+    members: list[int],
+    output_names: Sequence[str],
+    run: Run,
+    batching: bool,
+    invalid: tuple[type[BaseException], ...],
+    responses: list[Any],
+) -> None:
+    if len(members) == 1:
+        batch = feeds[members[0]]
+    else:
+        batch = {name: np.concatenate([feeds[i][name] for i in members]) for name in feeds[members[0]]}
+    try:
+        results = run(batch)
+        missing = [name for name in output_names if name not in results]
+        if missing:
+            raise RuntimeError(f"the model returned no {missing} (it returned {sorted(results)})")
+    except invalid as exc:
+        if len(members) > 1:  # find the request(s) at fault; the others still get their answer
+            for index in members:
+                _run_group(requests, feeds, [index], output_names, run, batching, invalid, responses)
+            return
+        responses[members[0]] = _error(f"invalid input: {exc}", pb_utils.TritonError.INVALID_ARG)
+        return
+    except Exception as exc:
+        for index in members:
+            responses[index] = _error(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
+        return
+    offset = 0
+    for index in members:
+        size = len(next(iter(feeds[index].values()))) if batching and feeds[index] else 0
+        wanted = set(requests[index].requested_output_names()) or set(output_names)
+        tensors = []
+        for name in output_names:
+            if name in wanted:
+                value = np.asarray(results[name])
+                part = value[offset : offset + size] if batching and len(members) > 1 else value
+                tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(part)))
+        responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+        offset += size
+
+
+def _error(message: str, code: Any) -> Any:
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))

@@ -1,0 +1,166 @@
+"""The example pipelines (ensembles with Python pre/post-processing) answer real JPEG, PNG and text
+as the same pipeline run in-process with PyTorch does; bad items fail alone."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from builder.pipeline import build_repository
+from clients import InvalidInput, TritonClient
+from models import image_classifier, text_encoder
+from models.image_pipeline import ClassifierPostprocess, ImagePreprocess
+from models.text_pipeline import EmbeddingNormalize, Tokenizer
+from server import EmbeddedTriton
+from tests.conftest import ROOT
+from tests.integration.conftest import make_server
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+TEXTS = ["Triton serves models.", "A second, longer sentence with more words in it!", "héllo wörld"]
+
+
+def encoded(fmt: str, size: tuple[int, int], seed: int) -> bytes:
+    """A photo-like test image: smooth gradients plus noise, encoded as `fmt`."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x / width, y / height, (x + y) / (width + height)], axis=-1) * 200
+    pixels = np.clip(base + rng.normal(0, 25, size=(height, width, 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def reference_classification(images: list[bytes]) -> dict[str, Any]:
+    """The image_classification pipeline run in-process, with the classifier in PyTorch."""
+    batch = ImagePreprocess(size=224)({"image_bytes": np.array([[i] for i in images], dtype=object)})["image"]
+    with torch.inference_mode():
+        logits = image_classifier.build()(torch.from_numpy(batch)).numpy()
+    return ClassifierPostprocess(labels=str(ROOT / "models" / "labels.txt"), top_k=5)({"logits": logits})
+
+
+def reference_embedding(texts: list[str]) -> np.ndarray:
+    """The text_embedding pipeline run in-process, with the encoder in PyTorch."""
+    tokens = Tokenizer()({"text": np.array([[t.encode()] for t in texts], dtype=object)})
+    with torch.inference_mode():
+        raw = text_encoder.build()(torch.from_numpy(tokens["input_ids"]), torch.from_numpy(tokens["attention_mask"]))
+    return EmbeddingNormalize()({"embedding": raw.numpy()})["normalized"]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_jpeg_and_png_are_classified_as_in_pytorch(triton: EmbeddedTriton, protocol: str) -> None:
+    images = [encoded("JPEG", (240, 320), 1), encoded("PNG", (300, 200), 2), encoded("JPEG", (224, 224), 3)]
+    url = triton.grpc_url if protocol == "grpc" else triton.http_url
+    with TritonClient(url, protocol=protocol) as client:  # type: ignore[arg-type]
+        result = client.infer("image_classification", {"image_bytes": np.array([[i] for i in images], dtype=object)})
+    expected = reference_classification(images)
+    assert result["labels"].shape == (3, 5)
+    assert result["labels"].tolist() == expected["labels"].tolist()
+    np.testing.assert_allclose(result["scores"], expected["scores"], rtol=1e-4, atol=1e-6)
+    assert all(label.startswith(b"class_") for label in result["labels"].ravel())
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_text_is_embedded_as_in_pytorch(triton: EmbeddedTriton, protocol: str) -> None:
+    url = triton.grpc_url if protocol == "grpc" else triton.http_url
+    with TritonClient(url, protocol=protocol) as client:  # type: ignore[arg-type]
+        result = client.infer("text_embedding", {"text": np.array([[t.encode()] for t in TEXTS], dtype=object)})
+    embedding = result["embedding"]
+    assert embedding.shape == (3, 256)
+    np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(embedding, reference_embedding(TEXTS), atol=1e-4, rtol=1e-3)
+
+
+def test_texts_sent_one_by_one_embed_like_texts_sent_together(triton: EmbeddedTriton) -> None:
+    # Padding differs (each text alone vs the batch's longest); the embedding must not.
+    with TritonClient(triton.grpc_url) as client:
+        alone = [
+            client.infer("text_embedding", {"text": np.array([[t.encode()]], dtype=object)})["embedding"][0]
+            for t in TEXTS
+        ]
+    np.testing.assert_allclose(np.stack(alone), reference_embedding(TEXTS), atol=1e-4, rtol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def patient_triton(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
+    """The examples with the preprocessors told to wait for 4 requests (or 2 s), so requests sent
+    together are sure to be executed as one batch."""
+    root = tmp_path_factory.mktemp("patient")
+    spec = yaml.safe_load((ROOT / "models.yaml").read_text())
+    for entry in spec["models"]:
+        for output in entry.get("outputs", []):
+            if "labels" in output:
+                output["labels"] = str(ROOT / output["labels"])
+        if "files" in entry:
+            entry["files"] = {k: str(ROOT / v) for k, v in entry["files"].items()}
+        if entry["name"] in ("image_preprocess", "tokenizer"):
+            entry["dynamic_batching"] = {"max_queue_delay_microseconds": 2_000_000, "preferred_batch_size": [4]}
+    (root / "models.yaml").write_text(yaml.safe_dump(spec))
+    shutil.copytree(example_repository, root / "repo")  # the ONNX models are reused, not exported again
+    build_repository(root / "models.yaml", root / "repo", target="cpu", log=lambda _: None)
+    server = make_server(root / "repo", root)
+    server.start(timeout_s=240)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def send_together(server: EmbeddedTriton, model: str, name: str, items: list[bytes]) -> list[Any]:
+    def call(item: bytes) -> Any:
+        with TritonClient(server.grpc_url) as client:
+            try:
+                return client.infer(model, {name: np.array([[item]], dtype=object)})
+            except InvalidInput as error:
+                return error
+
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        return list(pool.map(call, items))
+
+
+def executions(server: EmbeddedTriton, model: str) -> int:
+    with TritonClient(server.grpc_url) as client:
+        return int(client.statistics(model)["model_stats"][0].get("execution_count", 0))
+
+
+def test_a_corrupt_image_fails_alone_while_its_batch_succeeds(patient_triton: EmbeddedTriton) -> None:
+    good = encoded("PNG", (100, 120), 4)
+    truncated = encoded("JPEG", (100, 120), 5)[:300]
+    before = executions(patient_triton, "image_preprocess")
+    results = send_together(
+        patient_triton, "image_classification", "image_bytes", [good, b"not an image", good, truncated]
+    )
+    # One execution: the four arrived as one batch, and isolating the bad ones happened inside it.
+    assert executions(patient_triton, "image_preprocess") - before == 1
+    assert isinstance(results[1], InvalidInput) and "12 bytes that are not a JPEG or PNG image" in str(results[1])
+    assert isinstance(results[3], InvalidInput) and "damaged image" in str(results[3])
+    expected = reference_classification([good])
+    for result in (results[0], results[2]):
+        assert result["labels"].tolist() == expected["labels"].tolist()
+
+
+def test_non_utf8_text_fails_alone_while_its_batch_succeeds(patient_triton: EmbeddedTriton) -> None:
+    before = executions(patient_triton, "tokenizer")
+    results = send_together(
+        patient_triton,
+        "text_embedding",
+        "text",
+        [TEXTS[0].encode(), b"\xff\xfe broken", TEXTS[1].encode(), TEXTS[2].encode()],
+    )
+    assert executions(patient_triton, "tokenizer") - before == 1
+    assert isinstance(results[1], InvalidInput) and "text is not valid UTF-8" in str(results[1])
+    good = [results[0], results[2], results[3]]
+    np.testing.assert_allclose(
+        np.concatenate([r["embedding"] for r in good]), reference_embedding(TEXTS), atol=1e-4, rtol=1e-3
+    )

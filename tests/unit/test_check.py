@@ -1,0 +1,101 @@
+"""The repository checker on hand-broken repositories: one line per problem, with the fix."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+from builder.check import check_repository
+from builder.pipeline import build_repository
+from tests.conftest import linear_model
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import yaml
+
+    root = tmp_path_factory.mktemp("check")
+    (root / "models.yaml").write_text(yaml.safe_dump({"models": [linear_model()]}))
+    build_repository(root / "models.yaml", root / "repo", target="cpu", log=lambda _: None)
+    return root / "repo"
+
+
+def edit(repo: Path, name: str, change) -> None:
+    """Copy the linear model to `name` and apply `change` to its parsed config."""
+    shutil.copytree(repo / "linear", repo / name)
+    config = text_format.Parse((repo / name / "config.pbtxt").read_text(), pb.ModelConfig())
+    config.name = name
+    change(config)
+    (repo / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+
+
+def lines_for(problems, name: str) -> list[str]:
+    return [str(p) for p in problems if f"/{name}/" in str(p.file) or p.file.name == name]
+
+
+def test_the_built_repository_passes(built: Path) -> None:
+    assert check_repository(built) == []
+
+
+def test_each_broken_config_gets_its_own_line(built: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(built, repo)
+    edit(repo, "preferred", lambda c: c.dynamic_batching.preferred_batch_size.extend([16]))
+    edit(repo, "zero_dim", lambda c: c.input[0].dims.__setitem__(0, 0))
+    edit(repo, "reshape", lambda c: c.input[0].reshape.shape.extend([5]))
+    edit(repo, "cpu_gpus", lambda c: c.instance_group[0].gpus.extend([0]))
+    edit(repo, "renamed", lambda c: setattr(c, "name", "other"))
+    edit(repo, "wrong_dims", lambda c: c.output[0].dims.__setitem__(0, 7))
+    problems = check_repository(repo)
+    expected = {
+        "preferred": "dynamic_batching.preferred_batch_size = 16: dynamic batching preferred size must be <= max batch size (8)",
+        "zero_dim": "input 'x'.dims = [0]: dimension must be integer >= 1, or -1",
+        "reshape": "input 'x'.reshape = [5]: has different size for dims and reshape (4 vs 5 elements)",
+        "cpu_gpus": "instance_group[0].gpus = [0]: instance group has kind KIND_CPU but specifies one or more GPUs",
+        "renamed": "name = 'other': must equal the model's directory name 'renamed'",
+        "wrong_dims": "output 'y' = (see rule): dims[0] is 7 as declared but 3 in the graph",
+    }
+    for name, text in expected.items():
+        found = lines_for(problems, name)
+        assert any(text in line for line in found), (name, found)
+        assert all("; fix: " in line for line in found)
+    # A zero dim also disagrees with the ONNX graph (dims[0] is 0 as declared but 4): one extra line.
+    assert len(problems) == len(expected) + 1
+
+
+def test_a_cpu_target_flags_gpu_settings(built: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(built, repo)
+
+    def gpu(config: pb.ModelConfig) -> None:
+        config.instance_group[0].kind = pb.ModelInstanceGroup.KIND_GPU
+        config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+
+    edit(repo, "gpu", gpu)
+    assert check_repository(repo) == []
+    flagged = [str(p) for p in check_repository(repo, target="cpu")]
+    assert len(flagged) == 2
+    assert any("KIND_GPU but a cpu target has no GPUs" in line for line in flagged)
+    assert any("a GPU execution accelerator on a cpu target" in line for line in flagged)
+
+
+def test_ensembles_are_checked_against_the_configs_they_call(built: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(built, repo)
+    (repo / "pipe" / "1").mkdir(parents=True)
+    config = pb.ModelConfig(name="pipe", platform="ensemble", max_batch_size=16)
+    config.input.add(name="in", data_type=pb.TYPE_INT32, dims=[4])
+    config.output.add(name="out", data_type=pb.TYPE_FP32, dims=[3])
+    config.instance_group.add(count=1)
+    step = config.ensemble_scheduling.step.add(model_name="linear", model_version=-1)
+    step.input_map["x"] = "in"
+    step.output_map["y"] = "out"
+    (repo / "pipe" / "config.pbtxt").write_text(text_format.MessageToString(config))
+    text = "\n".join(str(p) for p in check_repository(repo))
+    assert "instance group should not be specified for ensemble" in text
+    assert "ensemble tensor 'in' is TYPE_INT32 from ensemble input 'in' but TYPE_FP32 here" in text
+    assert "the ensemble's max_batch_size 16 exceeds 'linear''s 8" in text
