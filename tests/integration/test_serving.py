@@ -124,3 +124,24 @@ def test_nothing_listening_is_unavailable_not_a_timeout(protocol: str) -> None:
             client.infer("image_classifier", {"image": np.zeros((1, 3, 224, 224), dtype=np.float32)})
         with pytest.raises(ServerUnavailable, match="was not ready within 1s"):
             client.wait_until_ready(timeout_s=1)
+
+
+def test_the_classifier_labels_file_serves_the_classification_extension(triton: EmbeddedTriton) -> None:
+    # Triton reads logits' label_filename and answers class_count requests with "score:index:label".
+    import tritonclient.grpc as grpcclient
+
+    image = np.random.default_rng(5).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    tensor = grpcclient.InferInput("image", list(image.shape), "FP32")
+    tensor.set_data_from_numpy(image)
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    try:
+        result = client.infer(
+            "image_classifier", [tensor], outputs=[grpcclient.InferRequestedOutput("logits", class_count=3)]
+        )
+    finally:
+        client.close()
+    top = [entry.decode().split(":") for entry in result.as_numpy("logits")[0]]
+    with torch.inference_mode():
+        logits = image_classifier.build()(torch.from_numpy(image)).numpy()[0]
+    assert [int(index) for _, index, _ in top] == list(np.argsort(-logits)[:3])
+    assert [label for _, _, label in top] == [f"class_{i:04d}" for i in np.argsort(-logits)[:3]]
