@@ -117,6 +117,9 @@ class PythonModelSpec(_Scheduled):
 
     kind: Literal["python"]
     source: Source
+    # Generated warmup data (zeros, empty strings) is rarely a valid image or text for a
+    # preprocessor, and a failed warmup fails the load: off unless asked for.
+    warmup: Warmup = Warmup(when="never")
     options: dict[str, Any] = Field(default_factory=dict)
     files: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], Path] = Field(default_factory=dict)
     version: Annotated[int, Field(ge=1)] = 1

@@ -180,3 +180,12 @@ def test_a_template_using_an_undefined_value_fails_instead_of_printing_nothing(
     _swap_templates(monkeypatch, tmp_path)
     with pytest.raises(RenderError, match="'nmae' is undefined"):
         render_config(load_spec(write_spec(linear_model())).models[0], "models.yaml")
+
+
+def test_python_models_get_no_generated_warmup_even_on_gpu() -> None:
+    # Generated warmup data (zeros, empty strings) is not an image or text a preprocessor can
+    # decode, and a failed warmup fails the load (seen on a GPU host before this default).
+    spec = load_spec(ROOT / "models.yaml")
+    for model in spec.of_kind(PythonModelSpec):
+        config = text_format.Parse(render_config(model, "models.yaml", "gpu"), pb.ModelConfig())
+        assert not config.model_warmup, model.name
