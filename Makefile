@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 SPEC ?= models.yaml
 REPO ?= model_repository
 TARGET ?= auto
+MODEL ?= text_encoder
+PROTOCOL ?= grpc
 TRITON_HTTP_PORT ?= 8000
 TRITON_GRPC_PORT ?= 8001
 TRITON_METRICS_PORT ?= 8002
@@ -18,12 +20,12 @@ export TRITON_HTTP_PORT TRITON_GRPC_PORT TRITON_METRICS_PORT
 DEPS_HASH := $(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
 VENV_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 
-.PHONY: help venv build-repo check-repo serve test lint format lock clean
+.PHONY: help venv build-repo check-repo serve loadtest test lint format lock clean
 
 help: ## list the targets
 	@echo "usage: make <target> [VAR=value]"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "variables: SPEC=$(SPEC) REPO=$(REPO) TARGET=$(TARGET) FORCE=1 TRITON_{HTTP,GRPC,METRICS}_PORT PYTEST_ARGS=..."
+	@echo "variables: SPEC=$(SPEC) REPO=$(REPO) TARGET=$(TARGET) FORCE=1 MODEL=$(MODEL) PROTOCOL=$(PROTOCOL) URL=host:port TRITON_{HTTP,GRPC,METRICS}_PORT PYTEST_ARGS=..."
 
 venv: $(VENV_STAMP) ## create or refresh the project virtualenv (.venv) from requirements.lock
 
@@ -45,6 +47,9 @@ check-repo: venv ## check any model repository against Triton's rules (REPO=path
 serve: venv ## serve model_repository/ with the embedded Triton server in the foreground (Ctrl-C stops it)
 	@test -d $(REPO) || { echo "error: $(REPO) does not exist; run 'make build-repo' first" >&2; exit 1; }
 	exec $(PY) -m server --repo $(REPO)
+
+loadtest: venv ## load-test a served model with Locust into reports/ (MODEL=, PROTOCOL=grpc|http, URL=, LOADTEST_ARGS=)
+	$(PY) -m loadtest --model $(MODEL) --protocol $(PROTOCOL) $(if $(URL),--url $(URL)) $(LOADTEST_ARGS)
 
 test: venv ## run the test suite (PYTEST_ARGS to pass options)
 	$(PY) -m pytest $(PYTEST_ARGS)

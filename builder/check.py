@@ -148,8 +148,8 @@ def _ensembles(configs: dict[str, tuple[Path, pb.ModelConfig]]) -> Iterator[Prob
         ensemble = Ensemble(
             name=name,
             max_batch_size=config.max_batch_size,
-            inputs={t.name: TensorType(pb.DataType.Name(t.data_type), tuple(t.dims)) for t in config.input},
-            outputs={t.name: TensorType(pb.DataType.Name(t.data_type), tuple(t.dims)) for t in config.output},
+            inputs=_tensor_types(config.input),
+            outputs=_tensor_types(config.output),
             steps=[Step(s.model_name, dict(s.input_map), dict(s.output_map)) for s in config.ensemble_scheduling.step],
         )
         for line in ensemble_problems(ensemble, members):
@@ -160,11 +160,15 @@ def _member(name: str, config: pb.ModelConfig) -> Member:
     return Member(
         name=name,
         max_batch_size=config.max_batch_size,
-        inputs={t.name: TensorType(pb.DataType.Name(t.data_type), tuple(t.dims)) for t in config.input},
-        outputs={t.name: TensorType(pb.DataType.Name(t.data_type), tuple(t.dims)) for t in config.output},
+        inputs=_tensor_types(config.input),
+        outputs=_tensor_types(config.output),
         optional_inputs=frozenset(t.name for t in config.input if t.optional),
         uses=tuple(s.model_name for s in config.ensemble_scheduling.step),
     )
+
+
+def _tensor_types(items: Sequence[pb.ModelInput] | Sequence[pb.ModelOutput]) -> dict[str, TensorType]:
+    return {t.name: TensorType(pb.DataType.Name(t.data_type), tuple(t.dims)) for t in items}
 
 
 def _tensors(items: Sequence[pb.ModelInput] | Sequence[pb.ModelOutput]) -> list[_ConfigTensor]:

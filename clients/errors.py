@@ -7,8 +7,9 @@
     ├── InferenceTimeout       no answer within the call's timeout
     └── InferenceFailed        the model ran and failed
 
-Each keeps the server's own message; `clients.triton._translate` is the one place that maps
-tritonclient exceptions onto these.
+Each keeps the server's own message; `clients._boundary.translate` is the one place that maps
+tritonclient exceptions, socket errors and deadlines onto these (for every client, sync and
+asyncio). Validation against the model's metadata raises InvalidInput before anything is sent.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class ModelNotReady(ClientError):
 
 
 class InvalidInput(ClientError):
-    """Raised when the server rejects a request's inputs: a wrong name, dtype or shape."""
+    """Raised when a request's inputs do not fit the model (a wrong name, dtype or shape), found by
+    the client before sending or by the server."""
 
 
 class InferenceTimeout(ClientError):

@@ -1,67 +1,131 @@
-"""A small client for services: infer a Triton model from NumPy arrays over gRPC or HTTP.
+"""A client for services: infer a Triton model from NumPy arrays over gRPC or HTTP.
 
 with TritonClient("127.0.0.1:8001", protocol="grpc") as client:
     client.wait_until_ready(model="image_classifier")
     logits = client.infer("image_classifier", {"image": batch})["logits"]
+
+Inputs are checked against the model's metadata before they are sent, calls the server refused as
+unavailable are retried with backoff, every call has a deadline, and every error is one of
+`clients.errors` (translated in `clients._boundary`, the one place that knows tritonclient's).
+The asyncio twin is `clients.aio.AsyncTritonClient`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
+import gevent
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from numpy.typing import NDArray
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from clients.errors import (
-    ClientError,
-    InferenceFailed,
-    InferenceTimeout,
-    InvalidInput,
-    ModelNotReady,
-    ServerUnavailable,
-)
+from clients._base import ClientBase, Protocol
+from clients._boundary import translate
+from clients.channel import GrpcChannelOptions
+from clients.errors import ClientError, InferenceTimeout, ServerUnavailable
+from clients.shm import InputRegions
+from clients.validation import ModelSignature
 
 __all__ = ["Protocol", "TritonClient"]
 
-Protocol = Literal["grpc", "http"]
 
+class TritonClient(ClientBase):
+    """One connection to a Triton server, reused for every call; close it when done.
 
-class TritonClient:
-    """One connection to a Triton server, reused for every call; close it when done."""
+    A gRPC client may be shared by threads. An HTTP client may not (tritonclient's HTTP client
+    runs on gevent, whose hub is per thread): give each thread its own.
+    """
 
-    def __init__(self, url: str, protocol: Protocol = "grpc", *, timeout_s: float = 30.0) -> None:
-        """Args:
-        url: ``host:port`` of the server's gRPC or HTTP endpoint.
-        protocol: ``"grpc"`` or ``"http"``.
-        timeout_s: default per-call timeout.
+    def __init__(
+        self,
+        url: str,
+        protocol: Protocol = "grpc",
+        *,
+        timeout_s: float = 30.0,
+        retries: int = 2,
+        backoff_s: float = 0.05,
+        channel_options: GrpcChannelOptions | None = None,
+    ) -> None:
+        """Open the connection (gRPC connects lazily, on the first call).
+
+        Args:
+            url: ``host:port`` of the server's gRPC or HTTP endpoint.
+            protocol: ``"grpc"`` or ``"http"``.
+            timeout_s: the deadline of a call that names none.
+            retries: further attempts of a call the server refused as unavailable.
+            backoff_s: the pause before the first retry; it doubles with each retry, with jitter.
+            channel_options: gRPC channel settings (message sizes, keepalive); ignored for HTTP.
         """
-        if protocol not in ("grpc", "http"):
-            raise ValueError(f"protocol {protocol!r} is not supported; use 'grpc' or 'http'")
-        self.url = url
-        self.protocol = protocol
-        self.timeout_s = timeout_s
-        self._client: Any
-        if protocol == "grpc":
-            self._client = grpcclient.InferenceServerClient(url)
-        else:
-            self._client = httpclient.InferenceServerClient(
-                url, connection_timeout=timeout_s, network_timeout=timeout_s
-            )
+        super().__init__(
+            url,
+            protocol,
+            timeout_s=timeout_s,
+            retries=retries,
+            backoff_s=backoff_s,
+            channel_options=channel_options,
+        )
+        self._client: Any = self._connect()
+        self._lock = threading.Lock()  # guards _busy_regions: a gRPC client is shared by threads
+
+    def _connect(self) -> Any:
+        if self.protocol == "grpc":
+            return grpcclient.InferenceServerClient(self.url, channel_args=self.channel_options.channel_args())
+        # No socket read timeout: the per-call gevent.Timeout is the deadline, so a socket timeout
+        # can only come from connecting, and is reported as unreachable, not as slow.
+        return httpclient.InferenceServerClient(self.url, connection_timeout=self.timeout_s, network_timeout=None)
+
+    def _call(
+        self,
+        method: str,
+        *args: Any,
+        model: str | None = None,
+        deadline_s: float | None = None,
+        as_json: bool = False,
+        loading: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Call tritonclient's `method` once, within the deadline, translating what it raises."""
+        deadline = self._timeout(deadline_s)
+        with translate(model, deadline, loading=loading):
+            if self.protocol == "grpc":
+                return getattr(self._client, method)(*args, **kwargs, **self._grpc_kwargs(deadline, as_json=as_json))
+            try:
+                with gevent.Timeout(deadline):
+                    return getattr(self._client, method)(*args, **kwargs)
+            except gevent.Timeout:
+                # Interrupted mid-request, the pooled connection may hold half a request or an unread
+                # answer, or never go back to the pool (which then blocks the next call); start afresh.
+                self._reconnect()
+                raise
+
+    def _reconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.close()
+        self._client = self._connect()
+
+    def is_live(self) -> bool:
+        """Whether the server answers its liveness check; False when unreachable."""
+        try:
+            return bool(self._call("is_server_live"))
+        except (ServerUnavailable, InferenceTimeout):
+            return False
 
     def is_ready(self, model: str | None = None) -> bool:
         """Whether the server (and `model`, if given) is ready; False when unreachable."""
+        return self._ready(model, self.timeout_s)
+
+    def _ready(self, model: str | None, timeout: float) -> bool:
         try:
-            with _translate(model):
-                ready = bool(self._client.is_server_ready())
-                return ready and (model is None or bool(self._client.is_model_ready(model)))
-        except ServerUnavailable:
+            ready = bool(self._call("is_server_ready", model=model, deadline_s=timeout))
+            return ready and (
+                model is None or bool(self._call("is_model_ready", model, model=model, deadline_s=timeout))
+            )
+        except (ServerUnavailable, InferenceTimeout):
             return False
 
     def wait_until_ready(self, *, model: str | None = None, timeout_s: float = 60.0) -> None:
@@ -71,11 +135,61 @@ class TritonClient:
             ServerUnavailable: not ready within `timeout_s`.
         """
         deadline = time.monotonic() + timeout_s
-        while not self.is_ready(model):
+        # Each poll within what is left, so a hung server cannot stretch the wait by a whole call timeout.
+        while not self._ready(model, max(0.1, min(self.timeout_s, deadline - time.monotonic()))):
             if time.monotonic() >= deadline:
                 what = f"model {model!r} on {self.url}" if model else f"server {self.url}"
                 raise ServerUnavailable(f"{what} was not ready within {timeout_s:.0f}s; is it running (make serve)?")
             time.sleep(0.2)
+
+    def metadata(self, model: str, *, version: str = "") -> dict[str, Any]:
+        """The model's metadata: name, versions, platform, inputs and outputs (name, datatype, shape)."""
+        return dict(self.retry.run(lambda: self._call("get_model_metadata", model, version, model=model, as_json=True)))
+
+    def config(self, model: str, *, version: str = "") -> dict[str, Any]:
+        """The model's configuration as the server completed it (the config itself, unwrapped)."""
+        raw = self.retry.run(lambda: self._call("get_model_config", model, version, model=model, as_json=True))
+        return self._unwrap_config(raw)
+
+    def signature(self, model: str, *, version: str = "") -> ModelSignature:
+        """What `model` accepts, fetched on first use and cached on this client."""
+        key = (model, version)
+        if key not in self._signatures:
+            self._signatures[key] = ModelSignature.from_server(
+                self.metadata(model, version=version), self.config(model, version=version)
+            )
+        return self._signatures[key]
+
+    def models(self) -> list[dict[str, Any]]:
+        """The repository index: each model's name, version, state (READY, UNAVAILABLE, ...) and reason."""
+        return self._index(self.retry.run(lambda: self._call("get_model_repository_index", as_json=True)))
+
+    def statistics(self, model: str) -> dict[str, Any]:
+        """The server's statistics for `model` (the /v2/models/<m>/stats document)."""
+        stats: dict[str, Any] = self.retry.run(
+            lambda: self._call("get_inference_statistics", model, model=model, as_json=True)
+        )
+        return stats
+
+    def load_model(self, model: str, *, timeout_s: float | None = None) -> None:
+        """Load (or reload) `model`; the server must run with --model-control-mode=explicit.
+
+        Args:
+            model: the model's name.
+            timeout_s: how long to wait; None for the client's timeout or 10 minutes, the longer.
+
+        Raises:
+            ClientError: a subclass with the server's reason when the model does not load.
+        """
+        self._forget(model)
+        deadline = self._load_timeout(timeout_s)
+        self.retry.run(lambda: self._call("load_model", model, model=model, deadline_s=deadline, loading=True))
+
+    def unload_model(self, model: str, *, timeout_s: float | None = None) -> None:
+        """Unload `model` (explicit model control mode); `timeout_s` as for `load_model`."""
+        self._forget(model)
+        deadline = self._load_timeout(timeout_s)
+        self.retry.run(lambda: self._call("unload_model", model, model=model, deadline_s=deadline))
 
     def infer(
         self,
@@ -85,56 +199,100 @@ class TritonClient:
         *,
         version: str = "",
         timeout_s: float | None = None,
+        validate: bool = True,
+        shared_memory: bool = False,
     ) -> dict[str, NDArray[Any]]:
-        """Run one request; return the outputs (all of them unless `outputs` names some)."""
-        module: Any = grpcclient if self.protocol == "grpc" else httpclient
-        # HTTP sends tensors as JSON unless told otherwise, which cannot carry FP16 and is slow.
-        binary: dict[str, bool] = {} if self.protocol == "grpc" else {"binary_data": True}
-        infer_inputs = []
-        for name, array in inputs.items():
-            array = np.ascontiguousarray(array)
-            tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array, **binary)
-            infer_inputs.append(tensor)
-        requested = None if outputs is None else [module.InferRequestedOutput(name, **binary) for name in outputs]
-        timeout = self.timeout_s if timeout_s is None else timeout_s
-        with _translate(model, timeout):
-            if self.protocol == "grpc":
-                result = self._client.infer(
-                    model, infer_inputs, model_version=version, outputs=requested, client_timeout=timeout
-                )
-            else:
-                result = self._client.infer(
-                    model, infer_inputs, model_version=version, outputs=requested, timeout=int(timeout * 1e6)
-                )
-            response = result.get_response(as_json=True) if self.protocol == "grpc" else result.get_response()
-            return {o["name"]: result.as_numpy(o["name"]) for o in response["outputs"]}
+        """Run one request; return the outputs (all of them unless `outputs` names some).
 
-    def statistics(self, model: str) -> dict[str, Any]:
-        """The server's statistics for `model` (the /v2/models/<m>/stats document)."""
-        with _translate(model):
-            if self.protocol == "grpc":
-                stats: dict[str, Any] = self._client.get_inference_statistics(model, as_json=True)
-            else:
-                stats = self._client.get_inference_statistics(model)
-        return stats
-
-    def load_model(self, model: str) -> None:
-        """Load (or reload) `model`; the server must run with --model-control-mode=explicit.
+        Args:
+            model: the model's name.
+            inputs: the input tensors by name; str arrays are sent as BYTES (UTF-8).
+            outputs: the outputs to return; None for all.
+            version: the model version; "" for the server's choice.
+            timeout_s: this call's deadline (each attempt's); None for the client's.
+            validate: check names, dtypes, shapes and batch size against the model first.
+            shared_memory: pass the inputs in system shared memory (server on this host only).
 
         Raises:
-            ClientError: a subclass with the server's reason when the model does not load.
+            InvalidInput: the inputs do not fit the model (before sending, when validating).
+            ModelNotReady: the model is unknown or not loaded.
+            InferenceTimeout: no answer within the deadline.
+            ServerUnavailable: every attempt was refused as unavailable.
+            InferenceFailed: the model failed.
         """
-        with _translate(model, loading=True):
-            self._client.load_model(model)
+        timeout = self._timeout(timeout_s)
+        arrays = self._prepare(inputs)
+        if validate:
+            self.signature(model, version=version).check(arrays, outputs)
+        if shared_memory:
+            return self.retry.run(lambda: self._infer_shared(model, arrays, outputs, version, timeout))
+        return self.retry.run(lambda: self._infer_once(model, arrays, outputs, version, timeout))
 
-    def unload_model(self, model: str) -> None:
-        """Unload `model` (explicit model control mode)."""
-        with _translate(model):
-            self._client.unload_model(model)
+    def _infer_once(
+        self,
+        model: str,
+        arrays: Mapping[str, NDArray[Any]],
+        outputs: Sequence[str] | None,
+        version: str,
+        timeout: float,
+        regions: InputRegions | None = None,
+    ) -> dict[str, NDArray[Any]]:
+        kwargs = self._infer_kwargs(version, outputs, timeout)
+        result = self._call("infer", model, self._tensors(arrays, regions), model=model, deadline_s=timeout, **kwargs)
+        return self._outputs(result)
+
+    def _infer_shared(
+        self,
+        model: str,
+        arrays: Mapping[str, NDArray[Any]],
+        outputs: Sequence[str] | None,
+        version: str,
+        timeout: float,
+    ) -> dict[str, NDArray[Any]]:
+        self._retry_busy_regions()
+        with translate(model):
+            regions = InputRegions.create(arrays)
+        attempted: list[str] = []
+        try:
+            for region in regions:
+                attempted.append(region.name)
+                self._call("register_system_shared_memory", region.name, region.key, region.byte_size, model=model)
+            return self._infer_once(model, arrays, outputs, version, timeout, regions)
+        finally:
+            busy = self._unregister(attempted)
+            with self._lock:
+                self._busy_regions += busy
+            # The server keeps its own mapping of a region still in use; unlinking ours is safe.
+            regions.destroy()
+
+    def _retry_busy_regions(self) -> None:
+        with self._lock:
+            pending, self._busy_regions = self._busy_regions, []
+        busy = self._unregister(pending)
+        with self._lock:
+            self._busy_regions += busy
+
+    def _unregister(self, names: Sequence[str]) -> list[str]:
+        """Unregister regions; return those the server still uses (a timed-out request runs on)."""
+        busy = []
+        for name in names:
+            try:
+                # The client's own timeout, not the call's: a call that timed out must still clean up.
+                self._call("unregister_system_shared_memory", name)
+            except ServerUnavailable:
+                pass  # a server that is gone took its registrations with it
+            except ClientError:
+                busy.append(name)
+        return busy
 
     def close(self) -> None:
-        """Close the connection."""
+        """Unregister shared memory regions a timed-out request still held, then close the connection."""
+        deadline = time.monotonic() + self.timeout_s
+        pause = 0.05
+        while self._busy_regions and time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)
+            self._retry_busy_regions()
         self._client.close()
 
     def __enter__(self) -> TritonClient:
@@ -144,33 +302,3 @@ class TritonClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-@contextmanager
-def _translate(model: str | None, timeout_s: float | None = None, *, loading: bool = False) -> Iterator[None]:
-    """The one place where tritonclient and connection errors become the kit's errors."""
-    subject = f"model {model!r}" if model else "server"
-    try:
-        yield
-    except InferenceServerException as exc:
-        error = _classify(exc, subject, timeout_s)
-        if loading and not isinstance(error, ServerUnavailable):
-            error = ModelNotReady(f"{subject} failed to load: {exc.message() or exc}")
-        raise error from exc
-    except (ConnectionError, OSError) as exc:  # the HTTP client raises these for refused/reset sockets
-        raise ServerUnavailable(f"{subject}: cannot reach the server: {exc}") from exc
-
-
-def _classify(exc: InferenceServerException, subject: str, timeout_s: float | None) -> ClientError:
-    status = str(exc.status() or "")
-    message = str(exc.message() or exc)
-    lowered = message.lower()
-    if "DEADLINE_EXCEEDED" in status or "deadline exceeded" in lowered or "timed out" in lowered:
-        return InferenceTimeout(f"{subject}: no answer within {timeout_s}s: {message}")
-    if "UNAVAILABLE" in status or "failed to connect" in lowered or "connection refused" in lowered:
-        return ServerUnavailable(f"{subject}: server unavailable: {message}")
-    if "NOT_FOUND" in status or "unknown model" in lowered or "is not ready" in lowered or "not found" in lowered:
-        return ModelNotReady(f"{subject}: {message}")
-    if "INVALID_ARGUMENT" in status or status == "400":
-        return InvalidInput(f"{subject}: invalid input: {message}")
-    return InferenceFailed(f"{subject}: inference failed: {message}")

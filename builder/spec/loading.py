@@ -25,6 +25,7 @@ from builder.spec.models import (
     PythonModelSpec,
 )
 from builder.spec.rules import model_problems
+from builder.spec.tensors import InputSpec, OutputSpec
 
 __all__ = ["KINDS", "Spec", "as_ensemble", "as_member", "load_spec"]
 
@@ -117,8 +118,8 @@ def as_member(model: AnyModelSpec) -> Member:
     return Member(
         name=model.name,
         max_batch_size=model.max_batch_size,
-        inputs={t.name: TensorType(t.dtype, t.dims) for t in model.inputs},
-        outputs={t.name: TensorType(t.dtype, t.dims) for t in model.outputs},
+        inputs=_tensor_types(model.inputs),
+        outputs=_tensor_types(model.outputs),
         optional_inputs=frozenset(t.name for t in model.inputs if t.optional),
         uses=tuple(s.model for s in model.steps) if isinstance(model, EnsembleSpec) else (),
     )
@@ -129,10 +130,14 @@ def as_ensemble(model: EnsembleSpec) -> Ensemble:
     return Ensemble(
         name=model.name,
         max_batch_size=model.max_batch_size,
-        inputs={t.name: TensorType(t.dtype, t.dims) for t in model.inputs},
-        outputs={t.name: TensorType(t.dtype, t.dims) for t in model.outputs},
+        inputs=_tensor_types(model.inputs),
+        outputs=_tensor_types(model.outputs),
         steps=[Step(s.model, s.inputs, s.outputs) for s in model.steps],
     )
+
+
+def _tensor_types(tensors: tuple[InputSpec, ...] | tuple[OutputSpec, ...]) -> dict[str, TensorType]:
+    return {t.name: TensorType(t.dtype, t.dims) for t in tensors}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -7,25 +7,12 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from builder.dtypes import TritonDType
 from builder.spec._base import Dim, Strict
 
 __all__ = ["InputSpec", "OutputSpec", "ShapeRange", "TensorDType"]
 
-TensorDType = Literal[
-    "TYPE_BOOL",
-    "TYPE_UINT8",
-    "TYPE_UINT16",
-    "TYPE_UINT32",
-    "TYPE_UINT64",
-    "TYPE_INT8",
-    "TYPE_INT16",
-    "TYPE_INT32",
-    "TYPE_INT64",
-    "TYPE_FP16",
-    "TYPE_FP32",
-    "TYPE_FP64",
-    "TYPE_STRING",
-]
+TensorDType = Literal[TritonDType, "TYPE_STRING"]
 """Any tensor dtype: the numeric ones of builder.dtypes, and TYPE_STRING (bytes) for Python and
 ensemble models."""
 

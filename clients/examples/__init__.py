@@ -1,0 +1,1 @@
+"""Short examples of services built on the kit's clients."""

@@ -1,0 +1,250 @@
+"""`python -m loadtest`: run Locust headless against a Triton server and write the report folder.
+
+    python -m loadtest --model text_encoder --protocol grpc --step-users 4 --steps 3 --step-seconds 10
+
+The server must be running (`make serve`, or any URL). The run is bounded: Locust stops after the
+last step, and is killed if it has not stopped 30 s later. Exit codes: 0 passed, 1 a threshold
+was violated (or no request completed), 2 the run could not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import yaml
+from numpy.typing import NDArray
+
+from clients import ClientError, TritonClient
+from loadtest.payloads import generated_payload, load_arrays
+from loadtest.report import Thresholds, build_summary, plot_steps, violations
+from loadtest.settings import ENV_VAR, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+GRACE_S = 30.0
+CPU_BOUND = 90.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    default_url = "127.0.0.1:" + (
+        os.environ.get("TRITON_GRPC_PORT", "8001")
+        if args.protocol == "grpc"
+        else os.environ.get("TRITON_HTTP_PORT", "8000")
+    )
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    report_dir = args.report_dir or Path("reports") / f"{args.model}-{args.protocol}-{stamp}"
+    settings = Settings(
+        url=args.url or default_url,
+        model=args.model,
+        protocol=args.protocol,
+        batch=args.batch,
+        step_users=args.step_users,
+        step_seconds=args.step_seconds,
+        steps=args.steps,
+        spawn_rate=args.spawn_rate,
+        payload=args.payload,
+        expect=args.expect,
+        report_dir=report_dir.resolve(),
+    )
+    try:
+        thresholds = _thresholds(args)
+        payload, metadata = _prepare(settings)
+    except (ClientError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    settings.report_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(settings.report_dir / "payload.npz", **payload)
+    print(
+        f"load test: {settings.model} over {settings.protocol} at {settings.url}, {settings.steps} step(s) of "
+        f"{settings.step_seconds:g}s adding {settings.step_users} user(s), {args.processes} process(es) -> {settings.report_dir}",
+        file=sys.stderr,
+    )
+    generator = _run_locust(settings, args.processes)
+    summary = build_summary(
+        settings.report_dir,
+        {
+            "model": settings.model,
+            "protocol": settings.protocol,
+            "url": settings.url,
+            "batch": settings.batch,
+            "step_users": settings.step_users,
+            "step_seconds": settings.step_seconds,
+            "inputs": {t["name"]: t["datatype"] for t in metadata["inputs"]},
+            "reference": str(settings.expect) if settings.expect else None,
+            "generator": generator,
+        },
+    )
+    broken = violations(summary, thresholds)
+    summary["thresholds"] = {**thresholds.__dict__, "violations": broken, "passed": not broken}
+    (settings.report_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if summary["steps"]:
+        plot_steps(summary, settings.report_dir / "steps.png")
+    _print(summary)
+    for line in broken:
+        print(f"threshold violated: {line}", file=sys.stderr)
+    return 1 if broken else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="model (or ensemble) to load")
+    parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    parser.add_argument(
+        "--url", help="host:port of the server (default: 127.0.0.1 and TRITON_GRPC_PORT / TRITON_HTTP_PORT)"
+    )
+    parser.add_argument("--batch", type=int, default=1, help="items per request for generated payloads (default 1)")
+    parser.add_argument("--step-users", type=int, default=4, help="users added at each step (default 4)")
+    parser.add_argument("--step-seconds", type=float, default=10.0, help="length of each step (default 10)")
+    parser.add_argument("--steps", type=int, default=3, help="number of steps; 1 is a constant load (default 3)")
+    parser.add_argument("--spawn-rate", type=float, default=100.0, help="users started per second (default 100)")
+    parser.add_argument("--processes", type=int, default=1, help="Locust processes (one per core to load harder)")
+    parser.add_argument(
+        "--payload", type=Path, help=".npz of input arrays (default: generated from the model's metadata)"
+    )
+    parser.add_argument("--expect", type=Path, help=".npz of expected outputs: a different answer is a failed request")
+    parser.add_argument(
+        "--report-dir", type=Path, help="where the report goes (default reports/<model>-<protocol>-<time>)"
+    )
+    parser.add_argument("--thresholds", type=Path, help="YAML with max_failure_ratio, max_p95_ms, min_rps")
+    parser.add_argument("--max-failure-ratio", type=float, help="fail the run above this failure ratio (e.g. 0.01)")
+    parser.add_argument("--max-p95-ms", type=float, help="fail the run above this p95 latency")
+    parser.add_argument("--min-rps", type=float, help="fail the run below this throughput")
+    return parser
+
+
+def _thresholds(args: argparse.Namespace) -> Thresholds:
+    values: dict[str, Any] = {}
+    if args.thresholds:
+        loaded = yaml.safe_load(args.thresholds.read_text()) or {}
+        unknown = set(loaded) - set(Thresholds.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"{args.thresholds}: unknown threshold(s) {sorted(unknown)}; allowed: max_failure_ratio, max_p95_ms, min_rps"
+            )
+        values.update(loaded)
+    for name in Thresholds.__dataclass_fields__:
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)  # flags win over the file
+    return Thresholds(**values)
+
+
+def _prepare(settings: Settings) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+    """Check the server and model answer; build the payload."""
+    with TritonClient(settings.url, protocol=settings.protocol, timeout_s=10) as client:
+        try:
+            client.wait_until_ready(model=settings.model, timeout_s=10)
+        except ClientError as exc:
+            raise ClientError(f"{exc}; start the server with `make serve` or pass --url") from exc
+        metadata = client.metadata(settings.model)
+        config = client.config(settings.model)
+    if settings.payload is not None:
+        return load_arrays(settings.payload), metadata
+    batching = int(config.get("max_batch_size", 0)) > 0
+    return generated_payload(metadata, settings.batch, batching), metadata
+
+
+def _run_locust(settings: Settings, processes: int) -> dict[str, Any]:
+    """Run Locust to the end of its shape (or kill it after the grace period); measure its CPU."""
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
+        "--csv", str(settings.report_dir / "locust"), "--html", str(settings.report_dir / "locust.html"),
+        "--exit-code-on-error", "0", "--loglevel", "WARNING",
+    ]  # fmt: skip
+    if processes > 1:
+        command += ["--processes", str(processes)]
+    env = {**os.environ, ENV_VAR: settings.to_env(), "PYTHONPATH": str(ROOT)}
+    deadline = time.monotonic() + settings.duration_s + GRACE_S
+    started = time.monotonic()
+    with (settings.report_dir / "locust.log").open("w") as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        cpu: dict[int, tuple[float, float]] = {}
+        stopped_by_itself = True
+        while process.poll() is None:
+            _sample_cpu(process.pid, cpu)
+            if time.monotonic() > deadline:
+                stopped_by_itself = False
+                _kill(process)
+                break
+            time.sleep(0.5)
+        process.wait()
+    hangs = []
+    for report in sorted(settings.report_dir.glob("exit-hang-*.txt")):
+        if report.stat().st_size:
+            hangs.append(report.name)
+        else:
+            report.unlink()  # the watchdog was armed but the process exited by itself
+    usage = [round(100 * seconds / max(time.monotonic() - first, 1e-3), 1) for first, seconds in cpu.values()]
+    busiest = max(usage, default=0.0)
+    return {
+        "processes": processes,
+        "cpu_percent_per_process": usage,
+        "seconds": round(time.monotonic() - started, 1),
+        "stopped_by_itself": stopped_by_itself,
+        # Where Locust's own watchdog had to end a process stuck exiting (see locustfile).
+        "exit_hang_reports": hangs,
+        "locust_exit_code": process.returncode,
+        "warning": (
+            f"the load generator was CPU-bound ({busiest:.0f}% of a core): the server may have more to give; "
+            "rerun with --processes N"
+        )
+        if busiest >= CPU_BOUND
+        else None,
+    }
+
+
+def _sample_cpu(pid: int, cpu: dict[int, tuple[float, float]]) -> None:
+    """Record each Locust process's CPU seconds so far (first seen, latest total)."""
+    try:
+        parent = psutil.Process(pid)
+        for member in [parent, *parent.children(recursive=True)]:
+            times = member.cpu_times()
+            first = cpu.get(member.pid, (time.monotonic(), 0.0))[0]
+            cpu[member.pid] = (first, times.user + times.system)
+    except psutil.Error:
+        pass  # a process that just ended keeps its last sample
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=5)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _print(summary: dict[str, Any]) -> None:
+    header = f"{'users':>6} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'fail':>5} {'queue us':>9} {'infer us':>9} {'batch':>6}"
+    print(header)
+    for step in summary["steps"]:
+        server = step["server"] or {}
+        print(
+            f"{step['users']:>6} {step['rps']:>9.1f} {step['p50_ms']:>8.1f} {step['p95_ms']:>8.1f} {step['p99_ms']:>8.1f} "
+            f"{step['failures']:>5} {server.get('queue_us', 0):>9.0f} {server.get('compute_infer_us', 0):>9.0f} {server.get('avg_batch_size', 0):>6.2f}"
+        )
+    total = summary["total"]
+    print(
+        f"total: {total['requests']} requests, {total['failures']} failed, {total['rps']:.1f} req/s, p95 {total['p95_ms']:.1f} ms"
+    )
+    if summary["generator"]["warning"]:
+        print(f"warning: {summary['generator']['warning']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

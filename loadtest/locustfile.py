@@ -1,0 +1,164 @@
+"""Locust users and load shape for the kit's Triton server; start it with `python -m loadtest`.
+
+Each user holds one kit client (one channel or connection, reused), sends the run's payload in a
+closed loop, and reports every request to Locust with its response time and size; a response
+that differs from the expected outputs counts as a failed request. The step shape adds users
+step by step and, at each step boundary, snapshots the server's statistics so the report can
+break every step down into queue and compute time.
+"""
+
+# ruff: noqa: E402, I001 -- import order matters here: gevent must patch grpc before any channel exists.
+from locust import LoadTestShape, User, constant, events, task
+
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()
+
+import faulthandler
+import json
+import os
+import time
+
+from typing import Any, TextIO
+
+import numpy as np
+from numpy.typing import NDArray
+
+from clients import ClientError, TritonClient
+from loadtest.payloads import load_arrays
+from loadtest.settings import Settings
+
+SETTINGS = Settings.from_env()
+PAYLOAD = load_arrays(SETTINGS.report_dir / "payload.npz")
+EXPECTED = load_arrays(SETTINGS.expect) if SETTINGS.expect else None
+_EXIT_GRACE_S = 5.0
+_hang_report: TextIO | None = None
+
+
+class WrongAnswer(Exception):
+    """The server answered, but not what the reference says it should."""
+
+
+class TritonUser(User):
+    """Sends the payload to the model in a closed loop (no think time) over one protocol."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        self.triton = TritonClient(SETTINGS.url, protocol=SETTINGS.protocol, timeout_s=SETTINGS.timeout_s, retries=0)
+        _open_clients.add(self.triton)
+
+    def on_stop(self) -> None:
+        _open_clients.discard(self.triton)
+        self.triton.close()
+
+    @task
+    def infer(self) -> None:
+        started = time.perf_counter()
+        size = 0
+        error: Exception | None = None
+        try:
+            outputs = self.triton.infer(SETTINGS.model, PAYLOAD, validate=False)
+            size = sum(_nbytes(array) for array in outputs.values())
+            if EXPECTED is not None:
+                _check(outputs, EXPECTED)
+        except (ClientError, WrongAnswer) as exc:
+            error = exc
+        self.environment.events.request.fire(
+            request_type=SETTINGS.protocol,
+            name=SETTINGS.model,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=size,
+            response=None,
+            context={},
+            exception=error,
+        )
+
+
+class StepShape(LoadTestShape):
+    """`steps` steps of `step_seconds`, each with `step_users` more users than the last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = -1
+
+    def tick(self) -> tuple[int, float] | None:
+        step = int(self.get_run_time() // SETTINGS.step_seconds)
+        if step != self.step:
+            _snapshot(step)
+            self.step = step
+        if step >= SETTINGS.steps:
+            return None
+        return (step + 1) * SETTINGS.step_users, SETTINGS.spawn_rate
+
+
+_request_log: TextIO | None = None
+_open_clients: set[TritonClient] = set()
+
+
+@events.test_stop.add_listener
+def _close_clients(**_: Any) -> None:
+    """Close what users left open: a gRPC client left to the garbage collector closes its channel
+    in __del__ at interpreter exit, where it can block forever under gevent."""
+    while _open_clients:
+        _open_clients.pop().close()
+
+
+@events.request.add_listener
+def _log_request(response_time: float, exception: Exception | None, **_: Any) -> None:
+    """Every request's time and outcome, one file per process, for exact per-step percentiles."""
+    global _request_log
+    if _request_log is None:
+        _request_log = (SETTINGS.report_dir / f"requests-{os.getpid()}.csv").open("w", buffering=1 << 16)
+    _request_log.write(f"{time.time():.6f},{response_time:.3f},{0 if exception else 1}\n")
+
+
+@events.quitting.add_listener
+def _close_request_log(**_: Any) -> None:
+    if _request_log is not None:
+        _request_log.close()
+
+
+@events.quitting.add_listener
+def _exit_even_if_grpc_hangs(**_: Any) -> None:
+    """grpcio can keep the process from exiting once Locust has written its reports (seen about
+    once in ten runs: a tritonclient closing its channel again from __del__ at interpreter exit,
+    under gevent). faulthandler's watchdog is a C thread that needs neither the GIL nor the gevent
+    hub: if the process still runs `_EXIT_GRACE_S` from now, it writes where it hung and ends it."""
+    global _hang_report
+    _hang_report = (SETTINGS.report_dir / f"exit-hang-{os.getpid()}.txt").open("w")
+    faulthandler.dump_traceback_later(_EXIT_GRACE_S, exit=True, file=_hang_report)
+
+
+def _snapshot(step: int) -> None:
+    """Append the server's statistics for the model, at a step boundary, to server_stats.jsonl."""
+    try:
+        with TritonClient(SETTINGS.url, protocol=SETTINGS.protocol, timeout_s=10, retries=0) as client:
+            stats = client.statistics(SETTINGS.model)["model_stats"]
+    except ClientError as exc:
+        stats, error = [], str(exc)
+    else:
+        error = ""
+    with (SETTINGS.report_dir / "server_stats.jsonl").open("a") as handle:
+        handle.write(json.dumps({"step": step, "time": time.time(), "stats": stats, "error": error}) + "\n")
+
+
+def _check(outputs: dict[str, NDArray[Any]], expected: dict[str, NDArray[Any]]) -> None:
+    for name, want in expected.items():
+        got = outputs.get(name)
+        if got is None:
+            raise WrongAnswer(f"output {name!r} is missing from the response")
+        if want.dtype == object or got.dtype == object:
+            if got.tolist() != want.tolist():
+                raise WrongAnswer(f"output {name!r} differs from the reference")
+        elif got.shape != want.shape or not np.allclose(got, want, atol=SETTINGS.atol, rtol=SETTINGS.rtol):
+            error = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("nan")
+            raise WrongAnswer(
+                f"output {name!r} differs from the reference (max abs error {error:.3g}, shape {got.shape})"
+            )
+
+
+def _nbytes(array: NDArray[Any]) -> int:
+    if array.dtype == object:
+        return sum(len(item) for item in array.ravel())
+    return int(array.nbytes)

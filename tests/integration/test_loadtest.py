@@ -1,0 +1,139 @@
+"""`python -m loadtest` against the real server: a short run writes a complete report; thresholds
+and references fail the run; the run stops by itself."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients import TritonClient
+from server import EmbeddedTriton
+from tests.conftest import ROOT, free_port
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+
+def loadtest(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "loadtest", *args], cwd=ROOT, capture_output=True, text=True, timeout=180
+    )
+
+
+def summary_of(report: Path) -> dict:
+    return json.loads((report / "summary.json").read_text())
+
+
+def test_a_stepped_grpc_run_writes_the_whole_report(triton: EmbeddedTriton, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    result = loadtest(
+        "--model", "text_encoder", "--url", triton.grpc_url, "--steps", "2", "--step-seconds", "3",
+        "--step-users", "4", "--report-dir", str(report),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    for name in ("locust_stats.csv", "locust_stats_history.csv", "locust.html", "steps.png", "summary.json"):
+        assert (report / name).stat().st_size > 0, name
+    assert (report / "steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = summary_of(report)
+    assert summary["total"]["requests"] > 0 and summary["total"]["failures"] == 0
+    assert [s["users"] for s in summary["steps"]] == [4, 8]
+    for step in summary["steps"]:
+        assert step["requests"] > 0 and step["p50_ms"] <= step["p95_ms"] <= step["p99_ms"]
+        server = step["server"]
+        # The breakdown comes from the statistics API: the server saw what Locust sent.
+        assert server["requests"] >= step["requests"] * 0.9
+        assert server["compute_infer_us"] > 0 and server["avg_batch_size"] >= 1.0
+    generator = summary["generator"]
+    # Bounded: Locust ends by itself soon after the last step, gRPC channels and all.
+    assert generator["stopped_by_itself"] is True and generator["seconds"] < 6 + 15
+    assert generator["cpu_percent_per_process"]
+    assert summary["thresholds"]["passed"] is True
+    # Locust's own CSV agrees with the kit's request log, up to the requests of the last moments
+    # (the summary counts the steps' span; Locust also what finished while it stopped).
+    rows = (report / "locust_stats.csv").read_text().splitlines()
+    locust_count = int(next(line for line in rows if ",Aggregated," in line).split(",")[2])
+    assert summary["total"]["requests"] * 0.97 <= locust_count <= summary["total"]["requests"] * 1.03
+    assert summary["total"]["requests"] == sum(s["requests"] for s in summary["steps"])
+
+
+def test_an_http_run_against_an_ensemble(triton: EmbeddedTriton, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    result = loadtest(
+        "--model", "text_embedding", "--protocol", "http", "--url", triton.http_url, "--steps", "1",
+        "--step-seconds", "3", "--step-users", "2", "--report-dir", str(report), "--max-failure-ratio", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    summary = summary_of(report)
+    assert summary["protocol"] == "http" and summary["inputs"] == {"text": "BYTES"}
+    assert summary["total"]["requests"] > 0 and summary["total"]["failures"] == 0
+
+
+def test_an_impossible_threshold_fails_the_run(triton: EmbeddedTriton, tmp_path: Path) -> None:
+    thresholds = tmp_path / "thresholds.yaml"
+    thresholds.write_text("min_rps: 1000000000\nmax_p95_ms: 0.001\n")
+    result = loadtest(
+        "--model", "text_encoder", "--url", triton.grpc_url, "--steps", "1", "--step-seconds", "2",
+        "--report-dir", str(tmp_path / "report"), "--thresholds", str(thresholds),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "threshold violated: throughput" in result.stderr and "threshold violated: p95 latency" in result.stderr
+    assert summary_of(tmp_path / "report")["thresholds"]["passed"] is False
+
+
+def test_answers_are_checked_against_a_reference(triton: EmbeddedTriton, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    payload = {"input_ids": rng.integers(0, 8192, (1, 12)), "attention_mask": np.ones((1, 12), dtype=np.int64)}
+    np.savez(tmp_path / "payload.npz", **payload)
+    with TritonClient(triton.grpc_url) as client:
+        right = client.infer("text_encoder", payload)
+    np.savez(tmp_path / "right.npz", **right)
+    np.savez(tmp_path / "wrong.npz", embedding=right["embedding"] + 0.5)
+    common = [
+        "--model",
+        "text_encoder",
+        "--url",
+        triton.grpc_url,
+        "--steps",
+        "1",
+        "--step-seconds",
+        "2",
+        "--payload",
+        str(tmp_path / "payload.npz"),
+    ]
+    good = loadtest(
+        *common,
+        "--expect",
+        str(tmp_path / "right.npz"),
+        "--report-dir",
+        str(tmp_path / "good"),
+        "--max-failure-ratio",
+        "0",
+    )
+    assert good.returncode == 0, good.stderr
+    assert summary_of(tmp_path / "good")["total"]["failures"] == 0
+    bad = loadtest(
+        *common,
+        "--expect",
+        str(tmp_path / "wrong.npz"),
+        "--report-dir",
+        str(tmp_path / "bad"),
+        "--max-failure-ratio",
+        "0",
+    )
+    assert bad.returncode == 1
+    total = summary_of(tmp_path / "bad")["total"]
+    assert total["requests"] > 0 and total["failures"] == total["requests"]
+    assert "differs from the reference" in (tmp_path / "bad" / "locust_failures.csv").read_text()
+
+
+def test_no_server_is_a_clear_setup_error(tmp_path: Path) -> None:
+    result = loadtest(
+        "--model", "text_encoder", "--url", f"127.0.0.1:{free_port()}", "--report-dir", str(tmp_path / "r")
+    )
+    assert result.returncode == 2
+    assert "start the server with `make serve`" in result.stderr
+    assert "Traceback" not in result.stderr
