@@ -99,7 +99,7 @@ def plot_steps(summary: dict[str, Any], path: Path) -> None:
     latency.set_ylabel("latency (ms)")
     handles = throughput.get_legend_handles_labels()[0] + latency.get_legend_handles_labels()[0]
     labels = throughput.get_legend_handles_labels()[1] + latency.get_legend_handles_labels()[1]
-    latency.legend(handles, labels, loc="upper left")
+    latency.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, frameon=False)
     throughput.set_title(f"{summary['model']} over {summary['protocol']}, batch {summary['batch']}")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
