@@ -1,12 +1,12 @@
-"""Turn PyTorch models declared in a spec file into a verified Triton model repository.
+"""Turn the models declared in a spec file into a verified Triton model repository.
 
 The build is a short pipeline of named steps, each its own module:
 
-    spec (load + validate) -> source (instantiate) -> export (torch.onnx)
-        -> verify (onnx checker, signature, PyTorch vs ONNX Runtime) -> render (config.pbtxt)
-        -> check (parse back, repository rules) -> swap staging into place
+    spec (load + validate, ensembles as graphs) -> per ONNX model: source -> export -> verify
+        -> per Python model: assemble -> render (config.pbtxt for the target) -> check
+        -> swap the staged repository into place
 
-`python -m builder --help` is the command line; `make build-repo` calls it.
+`python -m builder --help` is the command line; `make build-repo` and `make check-repo` call it.
 """
 
 from __future__ import annotations

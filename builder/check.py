@@ -40,7 +40,8 @@ class Problem:
     fix: str
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.field} = {self.value}: {self.rule}" + (f"; fix: {self.fix}" if self.fix else "")
+        where = f"{self.field} = {self.value}" if self.value else self.field
+        return f"{self.file}: {where}: {self.rule}" + (f"; fix: {self.fix}" if self.fix else "")
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def _onnx_signature(config: pb.ModelConfig, config_path: Path, model_file: Path)
     proto = onnx.load(str(model_file), load_external_data=False)
     for line in check_signature(proto, config.max_batch_size, _tensors(config.input), _tensors(config.output)):
         subject, _, rule = line.partition(": ")
-        yield Problem(config_path, subject, "(see rule)", rule, f"make the config agree with {model_file}")
+        yield Problem(config_path, subject, "", rule, f"make the config agree with {model_file}")
 
 
 def _ensembles(configs: dict[str, tuple[Path, pb.ModelConfig]]) -> Iterator[Problem]:
@@ -153,7 +154,7 @@ def _ensembles(configs: dict[str, tuple[Path, pb.ModelConfig]]) -> Iterator[Prob
             steps=[Step(s.model_name, dict(s.input_map), dict(s.output_map)) for s in config.ensemble_scheduling.step],
         )
         for line in ensemble_problems(ensemble, members):
-            yield Problem(config_path, "ensemble_scheduling", "(see rule)", line, "")
+            yield Problem(config_path, "ensemble_scheduling", "", line, "")
 
 
 def _member(name: str, config: pb.ModelConfig) -> Member:

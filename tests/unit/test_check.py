@@ -57,7 +57,7 @@ def test_each_broken_config_gets_its_own_line(built: Path, tmp_path: Path) -> No
         "reshape": "input 'x'.reshape = [5]: has different size for dims and reshape (4 vs 5 elements)",
         "cpu_gpus": "instance_group[0].gpus = [0]: instance group has kind KIND_CPU but specifies one or more GPUs",
         "renamed": "name = 'other': must equal the model's directory name 'renamed'",
-        "wrong_dims": "output 'y' = (see rule): dims[0] is 7 as declared but 3 in the graph",
+        "wrong_dims": "output 'y': dims[0] is 7 as declared but 3 in the graph",
     }
     for name, text in expected.items():
         found = lines_for(problems, name)
