@@ -49,7 +49,7 @@ def test_a_stepped_grpc_run_writes_the_whole_report(triton: EmbeddedTriton, tmp_
         assert server["compute_infer_us"] > 0 and server["avg_batch_size"] >= 1.0
     generator = summary["generator"]
     # Bounded: Locust ends by itself soon after the last step, gRPC channels and all.
-    assert generator["stopped_by_itself"] is True and generator["seconds"] < 6 + 15
+    assert generator["stopped_by_itself"] is True and generator["seconds"] < 6 + 25
     assert generator["cpu_percent_per_process"]
     assert summary["thresholds"]["passed"] is True
     # Locust's own CSV agrees with the kit's request log, up to the requests of the last moments
