@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SPEC ?= models.yaml
 REPO ?= model_repository
+K8S_REPOSITORY ?= pvc:model-repository
 TARGET ?= auto
 MODEL ?= text_encoder
 PROTOCOL ?= grpc
@@ -20,11 +21,11 @@ export TRITON_HTTP_PORT TRITON_GRPC_PORT TRITON_METRICS_PORT
 DEPS_HASH := $(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
 VENV_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 
-.PHONY: help venv build-repo check-repo serve loadtest test lint format lock clean
+.PHONY: help venv build-repo check-repo serve loadtest k8s-manifests deploy-check test lint format lock clean
 
 help: ## list the targets
 	@echo "usage: make <target> [VAR=value]"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "variables: SPEC=$(SPEC) REPO=$(REPO) TARGET=$(TARGET) FORCE=1 MODEL=$(MODEL) PROTOCOL=$(PROTOCOL) URL=host:port TRITON_{HTTP,GRPC,METRICS}_PORT PYTEST_ARGS=..."
 
 venv: $(VENV_STAMP) ## create or refresh the project virtualenv (.venv) from requirements.lock
@@ -50,6 +51,12 @@ serve: venv ## serve model_repository/ with the embedded Triton server in the fo
 
 loadtest: venv ## load-test a served model with Locust into reports/ (MODEL=, PROTOCOL=grpc|http, URL=, LOADTEST_ARGS=)
 	$(PY) -m loadtest --model $(MODEL) --protocol $(PROTOCOL) $(if $(URL),--url $(URL)) $(LOADTEST_ARGS)
+
+k8s-manifests: venv ## render Kubernetes manifests into deploy/kubernetes/rendered/ (TARGET=gpu|cpu, K8S_REPOSITORY=s3://... or pvc:name)
+	$(PY) -m deploy k8s --target $(if $(filter cpu,$(TARGET)),cpu,gpu) --repository $(K8S_REPOSITORY) --out deploy/kubernetes/rendered/triton-$(if $(filter cpu,$(TARGET)),cpu,gpu).yaml
+
+deploy-check: venv ## validate docker-compose.yml and the Kubernetes manifests offline (schemas, no cluster)
+	$(PY) -m deploy check
 
 test: venv ## run the test suite (PYTEST_ARGS to pass options)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -25,11 +25,26 @@ import numpy as np
 from numpy.typing import NDArray
 
 from clients import ClientError, TritonClient
-from loadtest.payloads import load_arrays
+from loadtest.payloads import generated_payload, load_arrays
 from loadtest.settings import Settings
 
 SETTINGS = Settings.from_env()
-PAYLOAD = load_arrays(SETTINGS.report_dir / "payload.npz")
+SETTINGS.report_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _payload() -> dict[str, NDArray[Any]]:
+    """The runner's payload (`python -m loadtest` writes it); without the runner (Locust started
+    directly, as the compose profile does), one generated from the model's metadata."""
+    written = SETTINGS.report_dir / "payload.npz"
+    if written.exists():
+        return load_arrays(written)
+    with TritonClient(SETTINGS.url, protocol=SETTINGS.protocol, timeout_s=SETTINGS.timeout_s) as client:
+        client.wait_until_ready(model=SETTINGS.model, timeout_s=120)
+        batching = int(client.config(SETTINGS.model).get("max_batch_size", 0)) > 0
+        return generated_payload(client.metadata(SETTINGS.model), SETTINGS.batch, batching)
+
+
+PAYLOAD = _payload()
 EXPECTED = load_arrays(SETTINGS.expect) if SETTINGS.expect else None
 _EXIT_GRACE_S = 5.0
 _hang_report: TextIO | None = None

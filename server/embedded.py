@@ -43,6 +43,19 @@ BATCHING_RUNTIME = Path(__file__).resolve().parent / "runtime" / "triton_kit_bat
 _PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
+EXIT_TIMEOUT_S = 30
+
+
+def server_flags(model_control_mode: str = "none", exit_timeout_s: int = EXIT_TIMEOUT_S) -> list[str]:
+    """The server flags every deployment of the kit uses: the embedded server, docker-compose.yml
+    and the Kubernetes manifests (tests hold the three to the same list)."""
+    return [
+        f"--model-control-mode={model_control_mode}",
+        "--strict-readiness=true",
+        f"--exit-timeout-secs={exit_timeout_s}",
+    ]
+
+
 class ServerError(RuntimeError):
     """Raised when the embedded server cannot be found, prepared, started or made ready.
 
@@ -145,7 +158,7 @@ class EmbeddedTriton:
     metrics_port: int = 8002
     host: str = "127.0.0.1"
     model_control_mode: str = "none"
-    exit_timeout_s: int = 30
+    exit_timeout_s: int = EXIT_TIMEOUT_S
     log_verbose: int = 0
     extra_args: Sequence[str] = ()
     log_file: Path | None = None
@@ -180,9 +193,7 @@ class EmbeddedTriton:
             f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
-            f"--model-control-mode={self.model_control_mode}",
-            "--strict-readiness=true",
-            f"--exit-timeout-secs={self.exit_timeout_s}",
+            *server_flags(self.model_control_mode, self.exit_timeout_s),
             f"--log-verbose={self.log_verbose}",
             *self.extra_args,
         ]

@@ -4,6 +4,7 @@ and references fail the run; the run stops by itself."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,43 @@ def test_no_server_is_a_clear_setup_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "start the server with `make serve`" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_locust_started_directly_generates_its_payload(triton: EmbeddedTriton, tmp_path: Path) -> None:
+    # What the compose `loadtest` profile does: Locust on the locustfile, settings from the
+    # environment, no runner to write the payload first.
+    settings = {
+        "url": triton.grpc_url,
+        "model": "text_encoder",
+        "steps": 1,
+        "step_seconds": 2,
+        "step_users": 2,
+        "report_dir": str(tmp_path),
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            "loadtest/locustfile.py",
+            "--headless",
+            "--csv",
+            str(tmp_path / "locust"),
+            "--exit-code-on-error",
+            "1",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "TRITON_LOADTEST_SETTINGS": json.dumps(settings), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    hung = [p for p in tmp_path.glob("exit-hang-*.txt") if p.stat().st_size]
+    # 0, or 1 from the watchdog that ended a process grpcio kept from exiting (its report says where).
+    assert result.returncode == 0 or (result.returncode == 1 and hung), result.stderr[-2000:]
+    aggregated = next(
+        line for line in (tmp_path / "locust_stats.csv").read_text().splitlines() if ",Aggregated," in line
+    )
+    requests, failures = (int(v) for v in aggregated.split(",")[2:4])
+    assert requests > 0 and failures == 0

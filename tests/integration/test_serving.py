@@ -145,3 +145,29 @@ def test_the_classifier_labels_file_serves_the_classification_extension(triton: 
         logits = image_classifier.build()(torch.from_numpy(image)).numpy()[0]
     assert [int(index) for _, index, _ in top] == list(np.argsort(-logits)[:3])
     assert [label for _, _, label in top] == [f"class_{i:04d}" for i in np.argsort(-logits)[:3]]
+
+
+def test_the_dashboard_and_autoscaler_metrics_are_exported(triton: EmbeddedTriton) -> None:
+    # The Grafana dashboard and the HPA's adapter rule query these; a renamed metric would leave
+    # them silently empty. GPU metrics need a GPU, so they are left out here.
+    import json
+    import re
+    import urllib.request
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    with TritonClient(triton.grpc_url) as client:
+        client.infer(
+            "text_encoder", {"input_ids": np.ones((1, 4), np.int64), "attention_mask": np.ones((1, 4), np.int64)}
+        )
+    with urllib.request.urlopen(triton.metrics_url, timeout=10) as response:
+        exported = set(re.findall(r"^(nv_[a-z_]+)", response.read().decode(), flags=re.MULTILINE))
+    dashboard = json.loads((ROOT / "deploy/monitoring/grafana/dashboards/triton.json").read_text())
+    rules = (ROOT / "deploy/kubernetes/prometheus-adapter-rules.yaml").read_text()
+    queried = set(
+        re.findall(r"nv_[a-z_]+", " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"]) + rules)
+    )
+    assert yaml.safe_load(rules)["rules"]["custom"] and len(queried) >= 8
+    assert {m for m in queried if not m.startswith("nv_gpu")} <= exported

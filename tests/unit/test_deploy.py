@@ -1,0 +1,153 @@
+"""docker-compose.yml and the Kubernetes manifests: valid against their schemas, safe by default,
+and started with the same server flags as the embedded server (CI has no Docker engine or cluster)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy.render import HPA_METRIC, compose_problems, manifest_problems, render_manifests
+from server.embedded import EXIT_TIMEOUT_S, EmbeddedTriton, find_installation, server_flags
+from tests.conftest import ROOT
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def test_the_compose_file_follows_the_compose_specification() -> None:
+    assert compose_problems() == []
+
+
+def test_the_compose_validation_catches_a_broken_file(tmp_path: Path) -> None:
+    broken = dict(COMPOSE, services={"triton": {**SERVICES["triton"], "ports": 8000, "restart": ["always"]}})
+    (tmp_path / "compose.yml").write_text(yaml.safe_dump(broken))
+    problems = compose_problems(tmp_path / "compose.yml")
+    assert any(p.startswith("services/triton/ports") for p in problems)
+    assert any(p.startswith("services/triton/restart") for p in problems)
+
+
+def test_compose_publishes_ports_on_loopback_only_by_default() -> None:
+    published = [port for service in SERVICES.values() for port in service.get("ports", [])]
+    assert published
+    assert all(port.startswith("${TRITON_BIND_ADDRESS:-127.0.0.1}:") for port in published)
+
+
+def test_compose_pins_every_image_and_mounts_the_repository_read_only() -> None:
+    for name, service in SERVICES.items():
+        image = service["image"]
+        assert ":" in image and not image.endswith(":latest"), name
+    for name in ("triton", "triton-cpu"):
+        assert "./model_repository:/models:ro" in SERVICES[name]["volumes"]
+        assert SERVICES[name]["image"] == "nvcr.io/nvidia/tritonserver:${TRITON_IMAGE_VERSION:-24.10}-py3"
+
+
+def test_compose_triton_is_healthchecked_restarted_and_tuned() -> None:
+    for name in ("triton", "triton-cpu"):
+        service = SERVICES[name]
+        assert "http://localhost:8000/v2/health/ready" in service["healthcheck"]["test"]
+        assert service["healthcheck"]["start_period"]
+        assert service["restart"] == "unless-stopped"
+        assert service["shm_size"] and service["ulimits"]["memlock"] == -1
+    assert SERVICES["triton"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "deploy" not in SERVICES["triton-cpu"] and SERVICES["triton-cpu"]["profiles"] == ["cpu"]
+
+
+def test_compose_inlines_no_secret_and_scrapes_triton() -> None:
+    password = SERVICES["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert password.startswith("${GRAFANA_ADMIN_PASSWORD:?")  # required from the environment, never a default
+    prometheus = yaml.safe_load((ROOT / "deploy/monitoring/prometheus.yml").read_text())
+    assert "triton:8002" in prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert {SERVICES[n]["profiles"][0] for n in ("prometheus", "grafana")} == {"monitoring"}
+    assert {SERVICES[n]["profiles"][0] for n in ("locust-master", "locust-worker")} == {"loadtest"}
+
+
+def test_the_grafana_dashboard_charts_tritons_metrics() -> None:
+    dashboard = json.loads((ROOT / "deploy/monitoring/grafana/dashboards/triton.json").read_text())
+    expressions = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
+    for metric in (
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_request_duration_us",
+        "nv_inference_queue_duration_us",
+        "nv_inference_request_failure",
+        "nv_gpu_utilization",
+        "nv_gpu_memory_used_bytes",
+    ):
+        assert metric in expressions, metric
+    source = yaml.safe_load((ROOT / "deploy/monitoring/grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {source["datasources"][0]["uid"]}
+
+
+def test_every_deployment_starts_the_server_with_the_same_flags() -> None:
+    shared = server_flags()
+    assert SERVICES["triton"]["command"] == ["tritonserver", "--model-repository=/models", *shared]
+    (deployment,) = [d for d in render_manifests() if d["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == ["--model-repository=/models", *shared]
+    embedded = EmbeddedTriton(Path("model_repository"), Path(".triton/backends")).command(find_installation())
+    assert all(flag in embedded for flag in shared)
+
+
+@pytest.mark.parametrize("target", ["gpu", "cpu"])
+@pytest.mark.parametrize("repository", ["pvc:model-repository", "s3://bucket/model_repository"])
+def test_the_manifests_validate_against_the_kubernetes_schemas(target: str, repository: str) -> None:
+    documents = render_manifests(target=target, repository=repository)
+    assert [d["kind"] for d in documents] == [
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+    ]
+    assert manifest_problems(documents) == []
+
+
+def test_the_schema_check_catches_a_broken_manifest() -> None:
+    documents = render_manifests()
+    documents[0]["spec"]["replicas"] = "two"
+    documents[1]["spec"]["portz"] = []
+    problems = manifest_problems(documents)
+    assert (
+        len(problems) == 2
+        and problems[0].startswith("Deployment triton:")
+        and problems[1].startswith("Service triton:")
+    )
+
+
+@pytest.mark.parametrize("target", ["gpu", "cpu"])
+def test_the_manifests_keep_their_safety_defaults(target: str) -> None:
+    deployment, service, budget, autoscaler, monitor = render_manifests(target=target, repository="s3://bucket/repo")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    limits = container["resources"]["limits"]
+    assert limits["cpu"] and limits["memory"]
+    assert ("nvidia.com/gpu" in limits) == (target == "gpu")
+    assert pod["terminationGracePeriodSeconds"] > EXIT_TIMEOUT_S
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert all("valueFrom" in env and "value" not in env for env in container["env"])  # secrets never inlined
+    assert {p["port"] for p in service["spec"]["ports"]} == {8000, 8001, 8002}
+    assert budget["spec"]["minAvailable"] == 1
+    assert autoscaler["spec"]["metrics"][0]["pods"]["metric"]["name"] == HPA_METRIC
+    adapter = yaml.safe_load((ROOT / "deploy/kubernetes/prometheus-adapter-rules.yaml").read_text())
+    assert adapter["rules"]["custom"][0]["name"]["as"] == HPA_METRIC
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["selector"]["matchLabels"] == service["metadata"]["labels"]
+
+
+def test_a_repository_that_is_neither_s3_nor_a_volume_is_refused() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy", "k8s", "--repository", "/data/models"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "give s3://bucket/path" in result.stderr and "pvc:<claim name>" in result.stderr
