@@ -39,6 +39,17 @@ def write_spec(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small linear model built for the cpu target: quick to build and to load."""
+    from builder.pipeline import build_repository  # imports torch: only for the tests that need it
+
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "models.yaml").write_text(yaml.safe_dump({"models": [linear_model()]}))
+    build_repository(root / "models.yaml", root / "model_repository", target="cpu", log=lambda _: None)
+    return root / "model_repository"
+
+
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under `root` with the SHA-256 of its bytes: equal snapshots, equal trees."""
     return {

@@ -6,11 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from builder.pipeline import build_repository
 from server import EmbeddedTriton
-from tests.conftest import ROOT, free_port, linear_model
+from tests.conftest import ROOT, free_port
 
 
 @pytest.fixture(scope="session")
@@ -19,15 +18,6 @@ def example_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("examples") / "model_repository"
     build_repository(ROOT / "models.yaml", repo, target="cpu", log=lambda _: None)
     return repo
-
-
-@pytest.fixture(scope="session")
-def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One small linear model: quick to load, for tests about the server process itself."""
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "models.yaml").write_text(yaml.safe_dump({"models": [linear_model()]}))
-    build_repository(root / "models.yaml", root / "model_repository", target="cpu", log=lambda _: None)
-    return root / "model_repository"
 
 
 def make_server(repository: Path, workdir: Path) -> EmbeddedTriton:

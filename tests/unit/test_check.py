@@ -5,23 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from builder.check import check_repository
-from builder.pipeline import build_repository
-from tests.conftest import linear_model
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import yaml
-
-    root = tmp_path_factory.mktemp("check")
-    (root / "models.yaml").write_text(yaml.safe_dump({"models": [linear_model()]}))
-    build_repository(root / "models.yaml", root / "repo", target="cpu", log=lambda _: None)
-    return root / "repo"
 
 
 def edit(repo: Path, name: str, change) -> None:
@@ -37,13 +24,13 @@ def lines_for(problems, name: str) -> list[str]:
     return [str(p) for p in problems if f"/{name}/" in str(p.file) or p.file.name == name]
 
 
-def test_the_built_repository_passes(built: Path) -> None:
-    assert check_repository(built) == []
+def test_the_built_repository_passes(tiny_repository: Path) -> None:
+    assert check_repository(tiny_repository) == []
 
 
-def test_each_broken_config_gets_its_own_line(built: Path, tmp_path: Path) -> None:
+def test_each_broken_config_gets_its_own_line(tiny_repository: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    shutil.copytree(built, repo)
+    shutil.copytree(tiny_repository, repo)
     edit(repo, "preferred", lambda c: c.dynamic_batching.preferred_batch_size.extend([16]))
     edit(repo, "zero_dim", lambda c: c.input[0].dims.__setitem__(0, 0))
     edit(repo, "reshape", lambda c: c.input[0].reshape.shape.extend([5]))
@@ -67,9 +54,9 @@ def test_each_broken_config_gets_its_own_line(built: Path, tmp_path: Path) -> No
     assert len(problems) == len(expected) + 1
 
 
-def test_a_cpu_target_flags_gpu_settings(built: Path, tmp_path: Path) -> None:
+def test_a_cpu_target_flags_gpu_settings(tiny_repository: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    shutil.copytree(built, repo)
+    shutil.copytree(tiny_repository, repo)
 
     def gpu(config: pb.ModelConfig) -> None:
         config.instance_group[0].kind = pb.ModelInstanceGroup.KIND_GPU
@@ -83,9 +70,9 @@ def test_a_cpu_target_flags_gpu_settings(built: Path, tmp_path: Path) -> None:
     assert any("a GPU execution accelerator on a cpu target" in line for line in flagged)
 
 
-def test_ensembles_are_checked_against_the_configs_they_call(built: Path, tmp_path: Path) -> None:
+def test_ensembles_are_checked_against_the_configs_they_call(tiny_repository: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    shutil.copytree(built, repo)
+    shutil.copytree(tiny_repository, repo)
     (repo / "pipe" / "1").mkdir(parents=True)
     config = pb.ModelConfig(name="pipe", platform="ensemble", max_batch_size=16)
     config.input.add(name="in", data_type=pb.TYPE_INT32, dims=[4])
