@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 import numpy as np
 import onnx
 import torch
 
-__all__ = ["TRITON_DTYPES", "DType", "TritonDType", "by_onnx_elem_type", "by_triton"]
+__all__ = ["DType", "TritonDType", "by_onnx_elem_type", "by_triton"]
 
 TritonDType = Literal[
     "TYPE_BOOL",
@@ -27,8 +27,6 @@ TritonDType = Literal[
 ]
 """Data types a tensor of an exported model may have (TYPE_STRING and TYPE_BF16 cannot be
 exported to ONNX Runtime, so the spec does not offer them for model inputs and outputs)."""
-
-TRITON_DTYPES: tuple[str, ...] = get_args(TritonDType)
 
 
 @dataclass(frozen=True)

@@ -66,10 +66,6 @@ class BuildSummary:
     results: list[VersionResult] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
 
-    @property
-    def failed(self) -> list[VersionResult]:
-        return [r for r in self.results if r.status == "failed"]
-
     def table(self) -> str:
         """A fixed-width table of the results, for the terminal."""
         rows = [("model", "version", "kind", "status", "time", "detail")]

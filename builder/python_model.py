@@ -9,7 +9,7 @@ from pathlib import Path
 
 from builder.errors import SourceError
 from builder.render import render_python_model
-from builder.source import instantiate_processor, source_files, source_root
+from builder.source import instantiate_processor, locate_source
 from builder.spec import PythonModelSpec
 from server.embedded import BATCHING_RUNTIME
 
@@ -24,11 +24,11 @@ def assemble_python_model(model: PythonModelSpec, spec_file: str, version_dir: P
         RenderError: the generated model.py is not valid Python.
     """
     instantiate_processor(model)  # fails the build here rather than at the server's load
-    root = source_root(model.source)
-    if root is None:
+    located = locate_source(model.source)
+    if located is None:
         raise SourceError(f"model {model.name!r}: cannot locate the files of source {model.source!r}")
+    root, sources = located
     version_dir.mkdir(parents=True)
-    sources = source_files(model.source)
     for path in sources:
         target = version_dir / path.relative_to(root)
         target.parent.mkdir(parents=True, exist_ok=True)

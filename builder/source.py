@@ -14,7 +14,7 @@ from torch import nn
 from builder.errors import SourceError
 from builder.spec import OnnxModelSpec, PythonModelSpec, VersionSpec
 
-__all__ = ["instantiate", "instantiate_processor", "source_files", "source_root"]
+__all__ = ["instantiate", "instantiate_processor", "locate_source", "source_files"]
 
 
 def instantiate(model: OnnxModelSpec, version: VersionSpec) -> nn.Module:
@@ -63,33 +63,27 @@ def instantiate_processor(model: PythonModelSpec) -> object:
         ) from exc
 
 
-def source_root(source: str) -> Path | None:
-    """The directory holding the top-level package (or module) of a `module:callable`."""
-    files = source_files(source)
-    if not files:
-        return None
-    top = source.partition(":")[0].split(".")[0]
-    spec = importlib.util.find_spec(top)
-    assert spec is not None and spec.origin is not None
-    origin = Path(spec.origin)
-    return origin.parent.parent if spec.submodule_search_locations else origin.parent
-
-
 def source_files(source: str) -> list[Path]:
-    """The Python files a `module:callable` depends on within its own package, for fingerprints.
+    """The Python files a `module:callable` depends on within its own package, for fingerprints."""
+    located = locate_source(source)
+    return [] if located is None else located[1]
+
+
+def locate_source(source: str) -> tuple[Path, list[Path]] | None:
+    """Where a `module:callable`'s top-level package (or module) lives, and its Python files.
 
     For a module inside a package, every `.py` file of the top-level package counts, since a
-    change to a sibling module (a shared layer, say) changes the model too.
+    change to a sibling module (a shared layer, say) changes the model too. The directory is the
+    one the files are relative to when copied (the package's parent).
     """
-    module_name = source.partition(":")[0]
-    top = module_name.split(".")[0]
+    top = source.partition(":")[0].split(".")[0]
     spec = importlib.util.find_spec(top)
     if spec is None or spec.origin is None:
-        return []
+        return None
     origin = Path(spec.origin)
     if spec.submodule_search_locations:
-        return sorted(origin.parent.rglob("*.py"))
-    return [origin]
+        return origin.parent.parent, sorted(origin.parent.rglob("*.py"))
+    return origin.parent, [origin]
 
 
 def _resolve(source: str, label: str) -> Callable[[], object]:
