@@ -287,13 +287,18 @@ class TritonClient(ClientBase):
 
     def close(self) -> None:
         """Unregister shared memory regions a timed-out request still held, then close the connection."""
+        if self._client is None:
+            return
         deadline = time.monotonic() + self.timeout_s
         pause = 0.05
         while self._busy_regions and time.monotonic() < deadline:
             time.sleep(pause)
             pause = min(1.0, pause * 2)
             self._retry_busy_regions()
-        self._client.close()
+        # Drop tritonclient's object here, not at interpreter exit: its __del__ closes the gRPC
+        # channel again, which can block forever once gevent is shutting down.
+        client, self._client = self._client, None
+        client.close()
 
     def __enter__(self) -> TritonClient:
         return self
