@@ -26,7 +26,7 @@ VENV_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 help: ## list the targets
 	@echo "usage: make <target> [VAR=value]"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "variables: SPEC=$(SPEC) REPO=$(REPO) TARGET=$(TARGET) FORCE=1 MODEL=$(MODEL) PROTOCOL=$(PROTOCOL) URL=host:port TRITON_{HTTP,GRPC,METRICS}_PORT PYTEST_ARGS=..."
+	@echo "variables: SPEC=$(SPEC) REPO=$(REPO) TARGET=$(TARGET) FORCE=1 TRT_VERSION= COMPUTE_CAPABILITY= MODEL=$(MODEL) PROTOCOL=$(PROTOCOL) URL=host:port TRITON_{HTTP,GRPC,METRICS}_PORT PYTEST_ARGS=..."
 
 venv: $(VENV_STAMP) ## create or refresh the project virtualenv (.venv) from requirements.lock
 
@@ -42,8 +42,9 @@ $(VENV_STAMP):
 build-repo: venv ## build model_repository/ from models.yaml (TARGET=cpu|gpu, default: this machine's; FORCE=1 re-exports)
 	$(PY) -m builder build --spec $(SPEC) --repo $(REPO) --target $(TARGET) $(if $(FORCE),--force)
 
-check-repo: venv ## check any model repository against Triton's rules (REPO=path, TARGET=cpu|gpu)
-	$(PY) -m builder check --repo $(REPO) $(if $(filter-out auto,$(TARGET)),--target $(TARGET))
+check-repo: venv ## check any model repository against Triton's rules (REPO=path, TARGET=cpu|gpu, TRT_VERSION=10.5, COMPUTE_CAPABILITY=9.0)
+	$(PY) -m builder check --repo $(REPO) $(if $(filter-out auto,$(TARGET)),--target $(TARGET)) \
+		$(if $(TRT_VERSION),--tensorrt-version $(TRT_VERSION)) $(if $(COMPUTE_CAPABILITY),--compute-capability $(COMPUTE_CAPABILITY))
 
 serve: venv ## serve model_repository/ with the embedded Triton server in the foreground (Ctrl-C stops it)
 	@test -d $(REPO) || { echo "error: $(REPO) does not exist; run 'make build-repo' first" >&2; exit 1; }

@@ -3,6 +3,7 @@
 The build is a short pipeline of named steps, each its own module:
 
     spec (load + validate, ensembles as graphs) -> per ONNX model: source -> export -> verify
+        -> per variant of it: calibrate -> convert (INT8/FP16 ONNX, TensorRT plan) -> gate
         -> per Python model: assemble -> render (config.pbtxt for the target) -> check
         -> swap the staged repository into place
 

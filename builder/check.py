@@ -19,11 +19,13 @@ from tritonclient.grpc import model_config_pb2 as pb
 from builder.config_rules import config_findings
 from builder.ensemble import Ensemble, Member, Step, TensorType, ensemble_problems
 from builder.errors import RenderError
+from builder.fingerprint import BUILD_RECORD, read_record
+from builder.profiles import ShapeProfile, profile_problems
 from builder.render import FORMATS, parse_config
 from builder.signature import check_signature
 from builder.targets import Target
 
-__all__ = ["Problem", "check_repository"]
+__all__ = ["PlanTarget", "Problem", "check_repository"]
 
 _FILENAME_BY_PLATFORM = {info.platform: info.filename for info in FORMATS.values()}
 _FILENAME_BY_BACKEND = {"python": "model.py", "onnxruntime": "model.onnx"}
@@ -45,14 +47,24 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class PlanTarget:
+    """The serving host plans must fit: its TensorRT version (e.g. 10.5, as in the Triton 24.10
+    image) and GPU compute capability (e.g. 9.0); None checks nothing for that field."""
+
+    tensorrt_version: str | None = None
+    compute_capability: str | None = None
+
+
+@dataclass(frozen=True)
 class _ConfigTensor:
     name: str
     dtype: str
     dims: Sequence[int]
 
 
-def check_repository(root: Path, target: Target | None = None) -> list[Problem]:
-    """Every problem found in the model directories under `root` (plus the `target`'s rules)."""
+def check_repository(root: Path, target: Target | None = None, plans: PlanTarget | None = None) -> list[Problem]:
+    """Every problem found in the model directories under `root`, plus the `target`'s rules and,
+    for TensorRT plans, mismatches with the serving host stated in `plans`."""
     problems: list[Problem] = []
     configs: dict[str, tuple[Path, pb.ModelConfig]] = {}
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -83,12 +95,12 @@ def check_repository(root: Path, target: Target | None = None) -> list[Problem]:
             continue
         configs[model_dir.name] = (config_path, config)
         problems.extend(Problem(config_path, *finding) for finding in config_findings(config, model_dir.name, target))
-        problems.extend(_model_files(model_dir, config_path, config))
+        problems.extend(_model_files(model_dir, config_path, config, plans or PlanTarget()))
     problems.extend(_ensembles(configs))
     return problems
 
 
-def _model_files(model_dir: Path, config_path: Path, config: pb.ModelConfig) -> Iterator[Problem]:
+def _model_files(model_dir: Path, config_path: Path, config: pb.ModelConfig, plans: PlanTarget) -> Iterator[Problem]:
     versions = sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and not p.name.startswith("0"))
     if not versions:
         yield Problem(
@@ -132,6 +144,48 @@ def _model_files(model_dir: Path, config_path: Path, config: pb.ModelConfig) -> 
             )
         elif filename.endswith(".onnx"):
             yield from _onnx_signature(config, config_path, model_file)
+        elif filename.endswith(".plan"):
+            yield from _plan_record(config, config_path, version, plans)
+
+
+def _plan_record(config: pb.ModelConfig, config_path: Path, version: Path, plans: PlanTarget) -> Iterator[Problem]:
+    """A plan is only known through its build record: what built it, for which GPU, with which
+    profiles (reading the plan itself would need TensorRT and that very GPU)."""
+    record_path = version / BUILD_RECORD
+    engine = read_record(version).get("tensorrt")
+    if not isinstance(engine, dict):
+        yield Problem(
+            record_path,
+            "tensorrt",
+            "missing",
+            "a plan without a build record cannot be matched to a TensorRT version, GPU or profile",
+            "build it with make build-repo, which records them",
+        )
+        return
+    recorded_version = str(engine.get("version"))
+    stated = plans.tensorrt_version
+    if stated is not None and recorded_version.split(".")[: len(stated.split("."))] != stated.split("."):
+        yield Problem(
+            record_path,
+            "tensorrt.version",
+            recorded_version,
+            f"the plan was built with TensorRT {recorded_version}; the serving host has {stated}, which refuses it",
+            "rebuild the plan with the serving host's TensorRT version (inside its NGC container)",
+        )
+    capability = plans.compute_capability
+    if capability is not None and str(engine.get("compute_capability")) != capability:
+        yield Problem(
+            record_path,
+            "tensorrt.compute_capability",
+            str(engine.get("compute_capability")),
+            f"the plan was built for a GPU of compute capability {engine.get('compute_capability')} "
+            f"({engine.get('gpu')}); the serving GPU has {capability}",
+            "rebuild the plan on a GPU of the serving host's kind",
+        )
+    profiles = [ShapeProfile.from_record(p) for p in engine.get("profiles", [])]
+    dims = {tensor.name: list(tensor.dims) for tensor in config.input}
+    for rule in profile_problems(config.max_batch_size, dims, profiles):
+        yield Problem(config_path, "max_batch_size / dims", "", rule, "make the config and the plan's profile agree")
 
 
 def _onnx_signature(config: pb.ModelConfig, config_path: Path, model_file: Path) -> Iterator[Problem]:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from builder.check import check_repository
+from builder.check import PlanTarget, check_repository
 from builder.errors import BuildError
 from builder.targets import TARGETS, Target
 
@@ -36,11 +36,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--repo", type=Path, default=Path("model_repository"), help="repository to check (default: model_repository)"
     )
     check.add_argument("--target", choices=TARGETS, help="also flag what does not fit this kind of host (GPU on cpu)")
+    check.add_argument(
+        "--tensorrt-version",
+        help="flag TensorRT plans built with another TensorRT version (e.g. 10.5 for Triton 24.10)",
+    )
+    check.add_argument(
+        "--compute-capability", help="flag TensorRT plans built for another GPU (e.g. 9.0 for H100/H200)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
             return _build(args.spec, args.repo, args.force, None if args.target == "auto" else args.target)
-        return _check(args.repo, args.target)
+        return _check(args.repo, args.target, PlanTarget(args.tensorrt_version, args.compute_capability))
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -51,20 +58,21 @@ def _build(spec: Path, repo: Path, force: bool, target: Target | None) -> int:
 
     started = time.perf_counter()
     summary = build_repository(spec, repo, force=force, target=target)
-    built = sum(r.status == "built" for r in summary.results)
+    counts = {status: sum(r.status == status for r in summary.results) for status in ("built", "cached", "skipped")}
+    skipped = f", {counts['skipped']} optional skipped (see the warnings above)" if counts["skipped"] else ""
     print(
-        f"built {repo} for the {summary.target} target: {len(summary.results)} model version(s), {built} built, "
-        f"{len(summary.results) - built} reused, in {time.perf_counter() - started:.1f}s",
+        f"built {repo} for the {summary.target} target: {len(summary.results)} model version(s), {counts['built']} built, "
+        f"{counts['cached']} reused{skipped}, in {time.perf_counter() - started:.1f}s",
         file=sys.stderr,
     )
     return 0
 
 
-def _check(repo: Path, target: Target | None) -> int:
+def _check(repo: Path, target: Target | None, plans: PlanTarget) -> int:
     if not repo.is_dir():
         print(f"error: {repo} is not a directory; build it with `make build-repo` or pass REPO=<path>", file=sys.stderr)
         return 2
-    problems = check_repository(repo, target)
+    problems = check_repository(repo, target, plans)
     for problem in problems:
         print(problem)
     print(f"{repo}: {len(problems)} problem(s)", file=sys.stderr)

@@ -17,7 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
+    "AccuracyError",
     "BuildError",
+    "CalibrationError",
+    "ConversionError",
     "ExportError",
     "RenderError",
     "RepositoryError",
@@ -63,3 +66,16 @@ class RenderError(BuildError):
 
 class RepositoryError(BuildError):
     """Raised when the staged repository fails its checks or cannot be swapped into place."""
+
+
+class CalibrationError(BuildError):
+    """Raised when calibration data is missing, too small, or does not fit the model's inputs."""
+
+
+class ConversionError(BuildError):
+    """Raised when a reduced-precision variant cannot be made: quantization, FP16 conversion, or a
+    TensorRT engine build failed, or TensorRT or a CUDA GPU is missing."""
+
+
+class AccuracyError(BuildError):
+    """Raised when a variant is outside its accuracy gate; the message carries the figures."""

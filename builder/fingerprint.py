@@ -18,7 +18,9 @@ import builder
 from builder.source import source_files
 from builder.spec import OnnxModelSpec, VersionSpec
 
-__all__ = ["Fingerprint", "fingerprint", "sha256_file", "tool_versions"]
+__all__ = ["BUILD_RECORD", "Fingerprint", "fingerprint", "read_record", "sha256_file", "tool_versions"]
+
+BUILD_RECORD = "build.json"
 
 # What shapes the exported file; paths (labels) are left out so a clone elsewhere reuses builds.
 _EXPORT_FIELDS: dict[str, Any] = {
@@ -60,6 +62,15 @@ def tool_versions() -> dict[str, str]:
     versions["builder"] = builder.__version__
     versions["python"] = platform.python_version()
     return versions
+
+
+def read_record(version_dir: Path) -> dict[str, Any]:
+    """A version directory's build record, or {} when it has none or it cannot be read."""
+    try:
+        record = json.loads((version_dir / BUILD_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def sha256_file(path: Path) -> str:

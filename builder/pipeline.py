@@ -7,21 +7,24 @@ repository is replaced only when all of them succeeded.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from builder.batches import Feed
+from builder.calibration import load_calibration
 from builder.check import check_repository
 from builder.errors import BuildError, RepositoryError
 from builder.export import export_onnx
-from builder.fingerprint import Fingerprint, fingerprint
+from builder.fingerprint import BUILD_RECORD, Fingerprint, fingerprint, read_record, sha256_file
 from builder.python_model import assemble_python_model
 from builder.render import FORMATS, label_filename, render_config
 from builder.repository import Workspace, link_tree, swap_into_place
@@ -32,17 +35,18 @@ from builder.spec import (
     OnnxModelSpec,
     PythonModelSpec,
     Spec,
+    VariantSpec,
     VersionSpec,
     load_spec,
     versions_of,
 )
 from builder.targets import Target, detect_target
-from builder.verify import VerificationReport, verify_onnx
+from builder.variants import BaseVersion, Skipped, build_variant
+from builder.verify import VerificationReport, run_torch, verify_onnx
 
 __all__ = ["BUILD_RECORD", "BuildSummary", "VersionResult", "build_repository"]
 
-BUILD_RECORD = "build.json"
-Status = Literal["built", "cached", "failed"]
+Status = Literal["built", "cached", "failed", "skipped"]
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ def build_repository(
                     f"the staged repository breaks {len(problems)} rule(s); {repository} was left as it was:",
                     problems=[str(p) for p in problems],
                 )
-            summary.removed = _carry_over(workspace.repository, workspace.staging, {m.name for m in spec.models})
+            summary.removed = _carry_over(workspace.repository, workspace.staging, spec.served_names())
             swap_into_place(workspace.staging, workspace.repository)
     finally:
         if summary.results:
@@ -151,17 +155,102 @@ def _build_model(
             continue
         elapsed = time.perf_counter() - started
         summary.results.append(VersionResult(model.name, version, model.kind, status, elapsed, detail))
-    if ok:
-        model_dir = workspace.staging / model.name
-        try:
-            text = render_config(model, spec.path.name, target)
-        except BuildError as exc:
-            yield str(exc)
-            return
-        (model_dir / "config.pbtxt").write_text(text)
-        for output in model.outputs:
-            if output.labels is not None:
-                shutil.copy2(output.labels, model_dir / str(label_filename(output)))
+    if not ok:
+        return
+    yield from _write_config(spec, model, workspace, target)
+    if isinstance(model, OnnxModelSpec) and model.variants:
+        yield from _build_variants(spec, model, workspace, force, target, summary, log)
+
+
+def _build_variants(
+    spec: Spec,
+    model: OnnxModelSpec,
+    workspace: Workspace,
+    force: bool,
+    target: Target,
+    summary: BuildSummary,
+    log: Callable[[str], None],
+) -> Iterator[str]:
+    started = time.perf_counter()
+    try:
+        data = load_calibration(spec, model)
+    except BuildError as exc:
+        for variant in model.variants:
+            summary.results.append(
+                VersionResult(variant.name, 0, "variant", "failed", time.perf_counter() - started, type(exc).__name__)
+            )
+        yield str(exc)
+        return
+    log(
+        f"{model.name}: calibration data {data.description}: {data.record()['samples']} samples, {data.record()['holdout']} held out"
+    )
+    bases = [
+        BaseVersion(
+            model, version, workspace.staging / model.name / str(version.version), data, _reference_of(model, version)
+        )
+        for version in model.versions
+    ]
+    for variant in model.variants:
+        served = model.served_variant(variant)
+        kind = f"{variant.format} {variant.precision}"
+        ok = True
+        for base in bases:
+            started = time.perf_counter()
+            try:
+                status, detail = build_variant(base, variant, workspace, force=force, target=target, log=log)
+            except Skipped as skipped:
+                ok = False
+                summary.results.append(
+                    VersionResult(
+                        variant.name, base.version.version, kind, "skipped", 0.0, f"optional, skipped: {skipped}"
+                    )
+                )
+                log(f"warning: {variant.name} v{base.version.version} skipped: {skipped}")
+                continue
+            except BuildError as exc:
+                ok = False
+                summary.results.append(
+                    VersionResult(
+                        variant.name,
+                        base.version.version,
+                        kind,
+                        "failed",
+                        time.perf_counter() - started,
+                        type(exc).__name__,
+                    )
+                )
+                log(f"{variant.name} v{base.version.version}: failed")
+                yield str(exc)
+                continue
+            summary.results.append(
+                VersionResult(variant.name, base.version.version, kind, status, time.perf_counter() - started, detail)
+            )
+        if ok:
+            yield from _write_config(spec, served, workspace, target, variant)
+        else:
+            shutil.rmtree(workspace.staging / variant.name, ignore_errors=True)
+
+
+def _reference_of(model: OnnxModelSpec, version: VersionSpec) -> Callable[[Sequence[Feed]], list[dict[str, Any]]]:
+    def run(feeds: Sequence[Feed]) -> list[dict[str, Any]]:
+        return run_torch(instantiate(model, version), model, feeds)
+
+    return run
+
+
+def _write_config(
+    spec: Spec, model: AnyModelSpec, workspace: Workspace, target: Target, variant: VariantSpec | None = None
+) -> Iterator[str]:
+    model_dir = workspace.staging / model.name
+    try:
+        text = render_config(model, spec.path.name, target, variant)
+    except BuildError as exc:
+        yield str(exc)
+        return
+    (model_dir / "config.pbtxt").write_text(text)
+    for output in model.outputs:
+        if output.labels is not None:
+            shutil.copy2(output.labels, model_dir / str(label_filename(output)))
 
 
 def _build_version(
@@ -192,7 +281,7 @@ def _build_onnx_version(
     target = workspace.staging / model.name / str(version.version)
     previous = workspace.repository / model.name / str(version.version)
     current = fingerprint(model, version, spec.path.parent)
-    if not force and _recorded_digest(previous) == current.digest and (previous / filename).is_file():
+    if not force and read_record(previous).get("fingerprint") == current.digest and (previous / filename).is_file():
         link_tree(previous, target)
         log(f"{model.name} v{version.version}: unchanged, reused")
         return "cached", "inputs unchanged since the last build"
@@ -215,15 +304,6 @@ def _build_onnx_version(
     return "built", detail
 
 
-def _recorded_digest(version_dir: Path) -> str | None:
-    try:
-        record = json.loads((version_dir / BUILD_RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    digest = record.get("fingerprint") if isinstance(record, dict) else None
-    return digest if isinstance(digest, str) else None
-
-
 def _write_record(
     path: Path,
     model: OnnxModelSpec,
@@ -238,6 +318,8 @@ def _write_record(
         "model": model.name,
         "version": version.version,
         "format": "onnx",
+        "artifact_sha256": sha256_file(path.parent / FORMATS["onnx"].filename),
+        "spec_entry_sha256": hashlib.sha256(model.model_dump_json().encode()).hexdigest(),
         "fingerprint": current.digest,
         "built_from": current.inputs,
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -31,6 +31,7 @@ from builder.spec import (
     PythonModelSpec,
     QueuePolicy,
     SequenceBatching,
+    VariantSpec,
     versions_of,
 )
 from builder.spec.models import _Scheduled
@@ -62,7 +63,10 @@ class FormatInfo:
     filename: str
 
 
-FORMATS = {"onnx": FormatInfo(platform="onnxruntime_onnx", filename="model.onnx")}
+FORMATS = {
+    "onnx": FormatInfo(platform="onnxruntime_onnx", filename="model.onnx"),
+    "tensorrt": FormatInfo(platform="tensorrt_plan", filename="model.plan"),
+}
 
 _ENVIRONMENT = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
@@ -74,13 +78,16 @@ _ENVIRONMENT = jinja2.Environment(
 )
 
 
-def render_config(model: AnyModelSpec, spec_file: str, target: Target = "cpu") -> str:
-    """Render and parse back the config of `model` for `target`; return the text to write.
+def render_config(
+    model: AnyModelSpec, spec_file: str, target: Target = "cpu", variant: VariantSpec | None = None
+) -> str:
+    """Render and parse back the config of `model` (served as `variant`, if given) for
+    `target`; return the text to write.
 
     Raises:
         RenderError: the template failed, or its output is not a valid Triton ModelConfig.
     """
-    text = _render(CONFIG_TEMPLATE, config_view(model, spec_file, target), model.name)
+    text = _render(CONFIG_TEMPLATE, config_view(model, spec_file, target, variant), model.name)
     parse_config(text, f"model {model.name!r} rendered from template {TEMPLATES_DIR / CONFIG_TEMPLATE}")
     return text
 
@@ -129,7 +136,9 @@ def label_filename(output: OutputSpec) -> str | None:
     return None if output.labels is None else f"{output.name}_labels.txt"
 
 
-def config_view(model: AnyModelSpec, spec_file: str, target: Target) -> dict[str, Any]:
+def config_view(
+    model: AnyModelSpec, spec_file: str, target: Target, variant: VariantSpec | None = None
+) -> dict[str, Any]:
     """Every value the template prints, already in Triton's spelling."""
     view: dict[str, Any] = {
         "spec_file": spec_file,
@@ -164,22 +173,23 @@ def config_view(model: AnyModelSpec, spec_file: str, target: Target) -> dict[str
         ]
         return view
     if isinstance(model, OnnxModelSpec):
-        view["platform"] = FORMATS["onnx"].platform
+        view["platform"] = FORMATS["onnx" if variant is None else variant.format].platform
     else:
         view["backend"] = "python"
-    view.update(_scheduling(model, target))
+    view.update(_scheduling(model, target, variant))
     return view
 
 
-def _scheduling(model: _Scheduled, target: Target) -> dict[str, Any]:
+def _scheduling(model: _Scheduled, target: Target, variant: VariantSpec | None) -> dict[str, Any]:
     parameters = dict(model.parameters)
     accelerators: list[dict[str, Any]] = []
-    if isinstance(model, OnnxModelSpec):
+    # ONNX Runtime's options; a TensorRT plan was tuned when it was built.
+    if isinstance(model, OnnxModelSpec) and (variant is None or variant.format == "onnx"):
         if target == "cpu":
             threads = model.cpu.model_dump(exclude_none=True)
             parameters = {**threads, **parameters}
         elif model.gpu.accelerator != "none":
-            accelerators.append(_accelerator(model))
+            accelerators.append(_accelerator(model, variant))
     warm = model.warmup.when == "always" or (model.warmup.when == "gpu" and target == "gpu")
     return {
         "dynamic_batching": None if model.batcher is None else _dynamic_batching(model.batcher),
@@ -288,12 +298,14 @@ def _instance_group(group: InstanceGroup, model: _Scheduled, target: Target) -> 
     }
 
 
-def _accelerator(model: OnnxModelSpec) -> dict[str, Any]:
+def _accelerator(model: OnnxModelSpec, variant: VariantSpec | None) -> dict[str, Any]:
     gpu = model.gpu
     parameters: list[tuple[str, str]] = []
     if gpu.accelerator == "tensorrt":
+        # ONNX Runtime's TensorRT provider runs a QDQ model in INT8 only with INT8 enabled.
+        precision = {"int8": "INT8", "fp16": "FP16"}.get(variant.precision if variant else "", gpu.precision_mode)
         parameters = [
-            ("precision_mode", gpu.precision_mode),
+            ("precision_mode", precision),
             ("max_workspace_size_bytes", str(gpu.max_workspace_size_bytes)),
         ]
         if gpu.engine_cache_path:

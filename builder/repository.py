@@ -5,6 +5,7 @@ and an atomic swap that replaces the repository only once everything in staging 
     <parent>/.<name>.build/lock      held while a build runs
     <parent>/.<name>.build/staging/  the next repository, assembled by the build
     <parent>/.<name>.build/work/     per-version export/verify directories; kept on failure
+    <parent>/.<name>.build/cache/    TensorRT timing and calibration caches, reused across builds
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class Workspace:
         self.repository = repository.resolve()
         self.root = self.repository.parent / f".{self.repository.name}.build"
         self.staging = self.root / "staging"
+        # TensorRT's timing and calibration caches: kept across builds, keyed by what they depend on.
+        self.cache = self.root / "cache"
         self._lock: IO[str] | None = None
 
     def work_dir(self, model: str, version: int) -> Path:

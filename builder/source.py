@@ -14,7 +14,7 @@ from torch import nn
 from builder.errors import SourceError
 from builder.spec import OnnxModelSpec, PythonModelSpec, VersionSpec
 
-__all__ = ["instantiate", "instantiate_processor", "locate_source", "source_files"]
+__all__ = ["instantiate", "instantiate_processor", "locate_source", "resolve", "source_files"]
 
 
 def instantiate(model: OnnxModelSpec, version: VersionSpec) -> nn.Module:
@@ -25,7 +25,7 @@ def instantiate(model: OnnxModelSpec, version: VersionSpec) -> nn.Module:
             `nn.Module`, or the weights are unreadable or do not fit the module.
     """
     label = f"model {model.name!r} (source {model.source!r})"
-    factory = _resolve(model.source, label)
+    factory = resolve(model.source, label)
     try:
         module = factory()
     except Exception as exc:
@@ -51,7 +51,7 @@ def instantiate_processor(model: PythonModelSpec) -> object:
         SourceError: the class does not import, or its constructor rejects the options or files.
     """
     label = f"model {model.name!r} (source {model.source!r})"
-    factory = _resolve(model.source, label)
+    factory = resolve(model.source, label)
     arguments = {**model.options, **{name: str(path) for name, path in model.files.items()}}
     try:
         return factory(**arguments)
@@ -86,7 +86,7 @@ def locate_source(source: str) -> tuple[Path, list[Path]] | None:
     return origin.parent, [origin]
 
 
-def _resolve(source: str, label: str) -> Callable[[], object]:
+def resolve(source: str, label: str) -> Callable[[], object]:
     module_name, _, attribute = source.partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -11,7 +11,7 @@ Checks, in order, each collecting every problem before raising once:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from builder.samples import cases, make_inputs
 from builder.signature import check_signature
 from builder.spec import OnnxModelSpec, OutputSpec
 
-__all__ = ["OutputAgreement", "VerificationReport", "verify_onnx"]
+__all__ = ["OutputAgreement", "VerificationReport", "run_torch", "verify_onnx"]
 
 
 @dataclass
@@ -63,6 +63,19 @@ def verify_onnx(module: nn.Module, model: OnnxModelSpec, path: Path) -> Verifica
             f"model {model.name!r}: the exported ONNX model does not match the spec", problems=problems, artifact=path
         )
     return _compare_outputs(module, model, path)
+
+
+def run_torch(
+    module: nn.Module, model: OnnxModelSpec, feeds: Sequence[dict[str, NDArray[Any]]]
+) -> list[dict[str, NDArray[Any]]]:
+    """The PyTorch module's outputs, by output name, for each batch of `feeds`."""
+    names = [t.name for t in model.outputs]
+    results = []
+    with torch.inference_mode():
+        for feed in feeds:
+            leaves = _leaves(module(*(torch.from_numpy(feed[t.name]) for t in model.inputs)))
+            results.append(dict(zip(names, leaves, strict=True)))
+    return results
 
 
 def _checker_problems(path: Path) -> Iterator[str]:

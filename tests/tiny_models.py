@@ -89,3 +89,11 @@ def raises() -> nn.Module:
 
 def not_a_module() -> int:
     return 42
+
+
+def calibration_batches() -> list[dict[str, object]]:
+    """Calibration data as a callable source: batches of linear()'s input."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [{"x": rng.normal(size=(5, 4)).astype(np.float32)} for _ in range(2)]

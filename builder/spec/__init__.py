@@ -31,20 +31,25 @@ from builder.spec.serving import (
     Warmup,
 )
 from builder.spec.tensors import InputSpec, OutputSpec, ShapeRange
+from builder.spec.variants import CalibrationSpec, Gate, Precision, QuantizationOptions, TensorRTOptions, VariantSpec
 
 __all__ = [
     "DEFAULT_OPSET",
     "KINDS",
     "AnyModelSpec",
+    "CalibrationSpec",
     "CpuOptions",
     "DynamicBatching",
     "EnsembleSpec",
+    "Gate",
     "GpuOptions",
     "InputSpec",
     "InstanceGroup",
     "OnnxModelSpec",
     "OutputSpec",
+    "Precision",
     "PythonModelSpec",
+    "QuantizationOptions",
     "QueuePolicy",
     "RateLimiter",
     "RateLimiterResource",
@@ -52,6 +57,8 @@ __all__ = [
     "ShapeRange",
     "Spec",
     "StepSpec",
+    "TensorRTOptions",
+    "VariantSpec",
     "VersionPolicy",
     "VersionSpec",
     "Warmup",

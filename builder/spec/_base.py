@@ -1,12 +1,18 @@
-"""Pieces every spec module shares: the strict base model and the dimension type."""
+"""Pieces every spec module shares: the strict base model, the dimension type and names."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-__all__ = ["Dim", "Strict"]
+__all__ = ["MODEL_NAME_PATTERN", "SOURCE_PATTERN", "Dim", "ModelName", "Source", "Strict"]
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$"
+SOURCE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
+Source = Annotated[str, Field(pattern=SOURCE_PATTERN)]
 
 
 class Strict(BaseModel):

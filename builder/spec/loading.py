@@ -59,6 +59,12 @@ class Spec:
                 return model
         raise KeyError(name)
 
+    def served_names(self) -> set[str]:
+        """Every model directory the repository gets: the models and their variants."""
+        names = {m.name for m in self.models}
+        names.update(v.name for m in self.models if isinstance(m, OnnxModelSpec) for v in m.variants)
+        return names
+
     def of_kind(self, kind: type[AnyModelSpec]) -> list[AnyModelSpec]:
         """The models of one kind, in declaration order."""
         return [m for m in self.models if isinstance(m, kind)]
@@ -102,6 +108,10 @@ def load_spec(path: Path) -> Spec:
         labels[model.name] = label
     problems.extend(_duplicate_names(entries))
     members = {m.name: as_member(m) for m in models}
+    for model in models:
+        if isinstance(model, OnnxModelSpec):
+            members.update((v.name, as_member(model.served_variant(v))) for v in model.variants)
+            problems.extend(f"{labels[model.name]}: {line}" for line in _through_problems(model, models))
     invalid = {e.get("name") for e in entries if isinstance(e, dict)} - set(members)
     for model in models:
         if isinstance(model, EnsembleSpec) and not {s.model for s in model.steps} & invalid:
@@ -136,6 +146,27 @@ def as_ensemble(model: EnsembleSpec) -> Ensemble:
     )
 
 
+def _through_problems(model: OnnxModelSpec, models: list[AnyModelSpec]) -> Iterator[str]:
+    """`calibration.through` names a python model whose outputs are this model's inputs."""
+    through = None if model.calibration is None else model.calibration.through
+    if through is None:
+        return
+    found = next((m for m in models if m.name == through), None)
+    if not isinstance(found, PythonModelSpec):
+        python = [m.name for m in models if isinstance(m, PythonModelSpec)]
+        yield f"calibration.through = {through!r}: not a python model of this spec; allowed: {python or 'none declared'}"
+        return
+    produced = {t.name: (t.dtype, t.dims) for t in found.outputs}
+    for tensor in model.inputs:
+        if tensor.name not in produced:
+            yield f"calibration.through = {through!r} does not output input {tensor.name!r}; its outputs are {sorted(produced)}"
+        elif produced[tensor.name][0] != tensor.dtype:
+            yield (
+                f"calibration.through = {through!r} outputs {tensor.name!r} as {produced[tensor.name][0]}, "
+                f"but the input is {tensor.dtype}"
+            )
+
+
 def _tensor_types(tensors: tuple[InputSpec, ...] | tuple[OutputSpec, ...]) -> dict[str, TensorType]:
     return {t.name: TensorType(t.dtype, t.dims) for t in tensors}
 
@@ -168,6 +199,10 @@ def _resolve_paths(entry: dict[str, Any], base: Path) -> dict[str, Any]:
     entry = dict(entry)
     if "weights" in entry:
         entry["weights"] = resolve(entry["weights"])
+    calibration = entry.get("calibration")
+    if isinstance(calibration, dict) and isinstance(calibration.get("data"), str):
+        data = calibration["data"]
+        entry["calibration"] = {**calibration, "data": data if re.match(SOURCE_PATTERN, data) else resolve(data)}
     if isinstance(entry.get("files"), dict):
         entry["files"] = {k: resolve(v) for k, v in entry["files"].items()}
     versions = entry.get("versions")
@@ -185,6 +220,10 @@ def _resolve_paths(entry: dict[str, Any], base: Path) -> dict[str, Any]:
 
 def _duplicate_names(entries: list[Any]) -> Iterator[str]:
     names: list[str] = [e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)]
+    for entry in entries:  # a variant is a model of its own in the repository
+        variants = entry.get("variants") if isinstance(entry, dict) else None
+        if isinstance(variants, list):
+            names += [v["name"] for v in variants if isinstance(v, dict) and isinstance(v.get("name"), str)]
     for name in sorted({n for n in names if names.count(n) > 1}):
         yield f"model name {name!r} is declared {names.count(name)} times; model names must be unique"
 

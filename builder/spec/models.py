@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from builder.spec._base import Strict
+from builder.spec._base import MODEL_NAME_PATTERN, SOURCE_PATTERN, ModelName, Source, Strict
 from builder.spec.serving import (
     CpuOptions,
     DynamicBatching,
@@ -18,6 +18,7 @@ from builder.spec.serving import (
     Warmup,
 )
 from builder.spec.tensors import InputSpec, OutputSpec
+from builder.spec.variants import CalibrationSpec, VariantSpec
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -35,11 +36,6 @@ __all__ = [
 
 DEFAULT_OPSET = 18
 MIN_OPSET, MAX_OPSET = 17, 23
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$"
-SOURCE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
-
-ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
-Source = Annotated[str, Field(pattern=SOURCE_PATTERN)]
 
 
 class VersionSpec(Strict):
@@ -92,6 +88,8 @@ class OnnxModelSpec(_Scheduled):
     seed: int = 0
     gpu: GpuOptions = GpuOptions()
     cpu: CpuOptions = CpuOptions()
+    calibration: CalibrationSpec | None = None
+    variants: tuple[VariantSpec, ...] = ()
 
     @field_validator("versions", mode="before")
     @classmethod
@@ -104,6 +102,15 @@ class OnnxModelSpec(_Scheduled):
     def weights_for(self, version: VersionSpec) -> Path | None:
         """The state_dict file a version is built from, if any."""
         return version.weights or self.weights
+
+    def served_variant(self, variant: VariantSpec) -> OnnxModelSpec:
+        """The model a variant serves: this one's tensors, versions and serving options under
+        the variant's name."""
+        return self.model_copy(update={"name": variant.name, "variants": ()})
+
+    def variant(self, name: str) -> VariantSpec:
+        """The variant called `name`."""
+        return next(v for v in self.variants if v.name == name)
 
 
 class PythonModelSpec(_Scheduled):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 from builder.spec.models import AnyModelSpec, EnsembleSpec, OnnxModelSpec, PythonModelSpec, _Scheduled, _Served
 from builder.spec.serving import DynamicBatching
@@ -168,10 +169,38 @@ def _onnx_problems(model: OnnxModelSpec) -> Iterator[str]:
             )
         if tensor.value_range is not None and not tensor.value_range[0] < tensor.value_range[1]:
             yield f"inputs[{i}].value_range = {list(tensor.value_range)}: need [low, high) with low < high"
+    yield from _variant_problems(model)
     weights = [("weights", model.weights), *((f"versions[{v.version}].weights", v.weights) for v in model.versions)]
     for label, path in weights:
         if path is not None and not path.is_file():
             yield f"{label} = {str(path)!r}: file not found; give a state_dict saved with torch.save(model.state_dict(), path)"
+
+
+def _variant_problems(model: OnnxModelSpec) -> Iterator[str]:
+    calibration = model.calibration
+    if model.variants and calibration is None:
+        yield (
+            "variants need calibration data: add calibration: {data: ...} (a directory of images, a text "
+            "file, a .npy/.npz file or a module:callable) to calibrate them and judge them on held-out samples"
+        )
+    if calibration is not None and ":" not in calibration.data and not Path(calibration.data).exists():
+        yield f"calibration.data = {calibration.data!r}: not found; give an existing path (relative to the spec file) or a 'module:callable'"
+    if model.variants and model.max_batch_size == 0:
+        yield "variants need max_batch_size >= 1: calibration and accuracy gates feed batches of samples"
+    for i, variant in enumerate(model.variants):
+        field = f"variants[{i}]"
+        if variant.name == model.name:
+            yield f"{field}.name = {variant.name!r} is the model's own name; a variant is served under a name of its own"
+        if variant.format == "onnx" and variant.precision == "fp32":
+            yield f"{field}.precision = 'fp32': an fp32 ONNX variant is the model itself; allowed for format onnx: fp16, int8"
+        variable = [t.name for t in model.inputs if t.dynamic_axes]
+        if variant.precision == "int8" and variant.quantization.method != "minmax" and variable:
+            yield (
+                f"{field}.quantization.method = {variant.quantization.method!r} collects histograms, which need "
+                f"calibration batches of one shape, but inputs {variable} have variable dims; use method: minmax"
+            )
+        if variant.format == "onnx" and variant.precision == "bf16":
+            yield f"{field}.precision = 'bf16': ONNX Runtime has no bf16 kernels; allowed for format onnx: fp16, int8 (bf16 needs format: tensorrt)"
 
 
 def _python_problems(model: PythonModelSpec) -> Iterator[str]:

@@ -104,6 +104,8 @@ def patient_triton(example_repository: Path, tmp_path_factory: pytest.TempPathFa
                 output["labels"] = str(ROOT / output["labels"])
         if "files" in entry:
             entry["files"] = {k: str(ROOT / v) for k, v in entry["files"].items()}
+        if "calibration" in entry:
+            entry["calibration"]["data"] = str(ROOT / entry["calibration"]["data"])
         if entry["name"] in ("image_preprocess", "tokenizer"):
             entry["dynamic_batching"] = {"max_queue_delay_microseconds": 2_000_000, "preferred_batch_size": [4]}
     (root / "models.yaml").write_text(yaml.safe_dump(spec))

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from builder.spec import load_spec
+from builder.accuracy import compare, gate_failures
+from builder.batches import batched
+from builder.calibration import load_calibration
+from builder.quantize import run_onnx
+from builder.spec import OnnxModelSpec, load_spec
+from builder.verify import run_torch
 from clients import InvalidInput, ModelNotReady, ServerUnavailable, TritonClient
 from models import image_classifier, text_encoder
 from server import EmbeddedTriton
@@ -54,6 +61,24 @@ def test_text_encoder_equals_pytorch(triton: EmbeddedTriton, protocol: str) -> N
         expected = text_encoder.build()(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     assert embedding.shape == (3, text_encoder.EMBEDDING_SIZE)
     assert_close("text_encoder", "embedding", embedding, expected)
+
+
+def test_int8_classifier_is_served_and_passes_its_gate(triton: EmbeddedTriton, example_repository: Path) -> None:
+    model = SPEC.model("image_classifier")
+    assert isinstance(model, OnnxModelSpec)
+    holdout = [{"image": batch["image"]} for batch in batched(load_calibration(SPEC, model).holdout, 16)]
+    with client_for(triton, "grpc") as client:
+        served = [client.infer("image_classifier_int8", feed) for feed in holdout]
+        fp32 = client.infer("image_classifier", holdout[0])["logits"]
+    in_process = run_onnx(example_repository / "image_classifier_int8" / "1" / "model.onnx", holdout)
+    for answer, local in zip(served, in_process, strict=True):
+        np.testing.assert_allclose(answer["logits"], local["logits"], atol=1e-5)  # the server runs the INT8 file
+    assert np.abs(served[0]["logits"] - fp32).max() > 1e-4  # and it is not the FP32 model
+    reference = run_torch(image_classifier.build(), model, holdout)
+    figures = compare(model, reference, served)
+    assert gate_failures(model.variant("image_classifier_int8").gate, figures) == []
+    recorded = json.loads((example_repository / "image_classifier_int8" / "1" / "build.json").read_text())
+    assert figures["logits"].top1_agreement == recorded["accuracy"]["outputs"]["logits"]["top1_agreement"]
 
 
 def test_concurrent_requests_are_batched(triton: EmbeddedTriton, record_property: pytest.RecordProperty) -> None:

@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from builder import render
 from builder.errors import RenderError
 from builder.render import parse_config, render_config, render_python_model
-from builder.spec import PythonModelSpec, load_spec
+from builder.spec import OnnxModelSpec, PythonModelSpec, load_spec
 from tests.conftest import ROOT, linear_model
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -97,8 +97,26 @@ def test_feature_configs_equal_their_golden_files(name: str, target: str, write_
     assert render_config(model, "models.yaml", target) == golden(target, name)
 
 
+# The example variants; a TensorRT plan only renders for the gpu target.
+VARIANTS = {
+    "image_classifier_int8": ("cpu", "gpu"),
+    "image_classifier_trt_fp16": ("gpu",),
+    "text_encoder_int8": ("cpu", "gpu"),
+}
+
+
+@pytest.mark.parametrize(("name", "target"), [(n, t) for n, targets in VARIANTS.items() for t in targets])
+def test_variant_configs_equal_their_golden_files(name: str, target: str) -> None:
+    spec = load_spec(ROOT / "models.yaml")
+    base = next(m for m in spec.of_kind(OnnxModelSpec) if any(v.name == name for v in m.variants))
+    assert isinstance(base, OnnxModelSpec)
+    variant = base.variant(name)
+    assert render_config(base.served_variant(variant), "models.yaml", target, variant) == golden(target, name)
+
+
 def test_every_golden_file_is_tested() -> None:
     tested = {f"{target}/{name}.pbtxt" for target in ("cpu", "gpu") for name in [*EXAMPLES, *FEATURES]}
+    tested |= {f"{target}/{name}.pbtxt" for name, targets in VARIANTS.items() for target in targets}
     assert {str(p.relative_to(GOLDEN)) for p in GOLDEN.rglob("*.pbtxt")} == tested
 
 

@@ -1,0 +1,124 @@
+"""Convert step for ONNX variants: static INT8 quantization (QDQ) and FP16 conversion, both with
+ONNX Runtime's own tools, so the result runs wherever ONNX Runtime does."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from builder.batches import Feed
+from builder.errors import ConversionError
+from builder.spec import QuantizationOptions
+
+__all__ = ["convert_fp16", "quantize_int8", "run_onnx"]
+
+
+def quantize_int8(
+    source: Path, destination: Path, calibration: Sequence[Feed], options: QuantizationOptions
+) -> dict[str, Any]:
+    """Quantize `source` to a QDQ INT8 model calibrated on `calibration`; return what was done.
+
+    Raises:
+        ConversionError: quantization failed; the message names the model file and the cause.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.feeds: Iterator[Feed] = iter(calibration)
+
+        def get_next(self) -> Feed | None:
+            return next(self.feeds, None)
+
+    prepared = destination.with_name("prepared.onnx")
+    exclude_ops = {op for op in options.exclude if op[:1].isupper() and "/" not in op and "." not in op}
+    try:
+        with _quiet():
+            # Shape inference and graph fusion (batch norm into convolutions) first, as ONNX
+            # Runtime recommends: fewer, fused tensors quantize with less error.
+            quant_pre_process(str(source), str(prepared))
+            graph = onnx.load(str(prepared), load_external_data=False).graph
+            excluded = [n.name for n in graph.node if n.name in options.exclude or n.op_type in exclude_ops]
+            quantize_static(
+                str(prepared),
+                str(destination),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=options.per_channel,
+                reduce_range=options.reduce_range,
+                activation_type=QuantType.QUInt8 if options.activations == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method={
+                    "minmax": CalibrationMethod.MinMax,
+                    "entropy": CalibrationMethod.Entropy,
+                    "percentile": CalibrationMethod.Percentile,
+                }[options.method],
+                nodes_to_exclude=excluded,
+            )
+    except Exception as exc:
+        raise ConversionError(
+            f"INT8 quantization of {source} failed: {type(exc).__name__}: {exc}",
+            problems=["try quantization.method: minmax, or keep the failing nodes in float with quantization.exclude"],
+            artifact=source,
+        ) from exc
+    finally:
+        prepared.unlink(missing_ok=True)
+    return {**options.model_dump(mode="json"), "format": "QDQ", "excluded_nodes": excluded}
+
+
+def convert_fp16(source: Path, destination: Path) -> dict[str, Any]:
+    """Convert weights and compute of `source` to float16, keeping FP32 inputs and outputs so
+    the config and clients stay unchanged.
+
+    Raises:
+        ConversionError: the conversion failed.
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    try:
+        with _quiet():
+            converted = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+            onnx.save(converted, str(destination))
+    except Exception as exc:
+        raise ConversionError(
+            f"FP16 conversion of {source} failed: {type(exc).__name__}: {exc}", artifact=source
+        ) from exc
+    return {"keep_io_types": True}
+
+
+def run_onnx(path: Path, feeds: Sequence[Feed]) -> list[dict[str, NDArray[Any]]]:
+    """Run an ONNX file on the CPU over `feeds`, one call per batch."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return [dict(zip(names, (np.asarray(v) for v in session.run(names, feed)), strict=True)) for feed in feeds]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """ONNX Runtime's quantizer prints progress and logs advice on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)

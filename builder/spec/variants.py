@@ -1,0 +1,101 @@
+"""Reduced-precision variants of an ONNX model, and the calibration data they are built and
+judged with.
+
+Each variant is a model of its own in the repository (its own name, the base model's versions,
+tensors and serving options); it is built from the base model's verified FP32 ONNX file and must
+pass its accuracy gate against the FP32 PyTorch model on held-out data.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from builder.spec._base import ModelName, Strict
+
+__all__ = [
+    "CalibrationSpec",
+    "Gate",
+    "Precision",
+    "QuantizationOptions",
+    "TensorRTOptions",
+    "VariantSpec",
+]
+
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+
+
+class CalibrationSpec(Strict):
+    """Where representative inputs come from: the first `samples` calibrate, the next `holdout`
+    only judge the accuracy gates, so a variant is never judged on the data it was tuned on.
+
+    `data` is a directory of images, a text file (one sample per line), a .npy file (one input:
+    [N, ...dims]) or .npz file (an array per input name), or a `module:callable` returning an
+    iterable of batches ({input name: array}). Images and text lines are raw bytes: `through`
+    names the spec's python model that turns them into this model's inputs, so calibration sees
+    exactly what the served pipeline feeds the model.
+    """
+
+    data: str
+    through: ModelName | None = None
+    samples: Annotated[int, Field(ge=1)] = 64
+    holdout: Annotated[int, Field(ge=1)] = 64
+    batch_size: Annotated[int, Field(ge=1)] = 8
+
+
+class Gate(Strict):
+    """The accuracy budget of a variant, measured against the FP32 PyTorch model on held-out data.
+
+    `top1_agreement` applies to classifier outputs (those with `labels`), `cosine` (the mean
+    over samples) to the others; the absolute-error budgets, when set, to every output.
+    """
+
+    top1_agreement: Fraction = 0.99
+    cosine: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.99
+    max_abs_error: PositiveFloat | None = None
+    mean_abs_error: PositiveFloat | None = None
+
+
+class QuantizationOptions(Strict):
+    """Static INT8 quantization of an ONNX variant with onnxruntime.quantization (QDQ format).
+
+    `reduce_range` (7-bit weights) avoids the u8s8 overflow of x86 CPUs without VNNI, where
+    ONNX Runtime's integer kernels can saturate; turn it off for VNNI/AMX CPUs and GPUs.
+    `exclude` keeps nodes (by node name or op type) in floating point. The histogram methods
+    (entropy, percentile) need every calibration batch in one shape, so not variable dims.
+    """
+
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
+    reduce_range: bool = True
+    activations: Literal["uint8", "int8"] = "uint8"
+    exclude: tuple[str, ...] = ()
+
+
+class TensorRTOptions(Strict):
+    """Engine build options of a TensorRT variant."""
+
+    workspace_bytes: Annotated[int, Field(ge=1 << 20)] = 1 << 30
+    optimization_level: Annotated[int, Field(ge=0, le=5)] = 3
+    timing_cache: bool = True
+
+
+class VariantSpec(Strict):
+    """One reduced-precision build of the model, served under its own name.
+
+    `format: onnx` gives a file ONNX Runtime runs anywhere (int8: static QDQ quantization,
+    fp16: float16 weights and compute, meant for GPU targets); `format: tensorrt` a TensorRT
+    plan, which needs TensorRT and a CUDA GPU on the build machine: where they are missing
+    the build stops, unless `optional: true` lets it skip the variant with a warning.
+    """
+
+    name: ModelName
+    format: Literal["onnx", "tensorrt"] = "onnx"
+    precision: Precision
+    quantization: QuantizationOptions = QuantizationOptions()
+    tensorrt: TensorRTOptions = TensorRTOptions()
+    gate: Gate = Gate()
+    optional: bool = False

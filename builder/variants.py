@@ -1,0 +1,248 @@
+"""Variant step: reduced-precision builds of a verified ONNX version, each judged by its
+accuracy gate against the FP32 PyTorch model and recorded with what it was built from.
+
+A variant version is rebuilt whenever anything it depends on changed: the base model's
+fingerprint, the variant's options, the calibration data, the tool versions and, for plans,
+the TensorRT version and the GPU's compute capability, so a plan is never reused on a machine
+it was not built for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from builder.accuracy import OutputAccuracy, compare, gate_failures
+from builder.batches import Feed, batched
+from builder.calibration import CalibrationSet
+from builder.errors import AccuracyError, ConversionError
+from builder.fingerprint import BUILD_RECORD, Fingerprint, read_record, sha256_file, tool_versions
+from builder.plan import Gpu, build_plan, installed_tensorrt, require_tensorrt, run_plan
+from builder.profiles import CalibrationCache, optimization_profile
+from builder.quantize import convert_fp16, quantize_int8, run_onnx
+from builder.render import FORMATS
+from builder.repository import Workspace, link_tree
+from builder.spec import OnnxModelSpec, VariantSpec, VersionSpec
+from builder.targets import Target
+
+__all__ = ["BaseVersion", "Skipped", "build_variant"]
+
+
+class Skipped(Exception):
+    """An optional variant this machine cannot build; the message says why."""
+
+
+@dataclass
+class BaseVersion:
+    """One built version of the base model, and what all its variants share."""
+
+    model: OnnxModelSpec
+    version: VersionSpec
+    directory: Path
+    data: CalibrationSet
+    run_reference: Callable[[Sequence[Feed]], list[dict[str, Any]]]
+    _reference: list[dict[str, Any]] | None = field(default=None, repr=False)
+
+    @property
+    def reference(self) -> list[dict[str, Any]]:
+        """The FP32 PyTorch outputs on the held-out data, computed once."""
+        if self._reference is None:
+            self._reference = self.run_reference(self.holdout)
+        return self._reference
+
+    @property
+    def holdout(self) -> list[Feed]:
+        """The held-out batches, none larger than the model's max_batch_size."""
+        calibration = self.model.calibration
+        assert calibration is not None  # load_spec requires it for variants
+        return list(batched(self.data.holdout, min(calibration.batch_size, self.model.max_batch_size)))
+
+
+def build_variant(
+    base: BaseVersion,
+    variant: VariantSpec,
+    workspace: Workspace,
+    *,
+    force: bool,
+    target: Target,
+    log: Callable[[str], None],
+) -> tuple[Literal["built", "cached"], str]:
+    """Build, gate and record one version of a variant into the staging repository.
+
+    Returns ("built" | "cached", detail for the summary).
+
+    Raises:
+        Skipped: an optional TensorRT variant on a machine without TensorRT or a GPU.
+        ConversionError: the conversion failed, or TensorRT/a GPU is missing for a required plan.
+        AccuracyError: the variant is outside its gate; the message carries the figures.
+    """
+    number = base.version.version
+    label = f"{variant.name} v{number}"
+    trt, gpu = _tensorrt_for(variant, target)
+    current = _fingerprint(base, variant, gpu)
+    filename = FORMATS[variant.format].filename
+    previous = workspace.repository / variant.name / str(number)
+    staged = workspace.staging / variant.name / str(number)
+    recorded = read_record(previous)
+    if not force and recorded.get("fingerprint") == current.digest and (previous / filename).is_file():
+        link_tree(previous, staged)
+        log(f"{label}: unchanged, reused")
+        return "cached", _summary(variant, recorded.get("accuracy", {}).get("outputs", {}))
+    if variant.format == "tensorrt" and recorded.get("tensorrt"):
+        log(f"{label}: rebuilding the plan ({_plan_change(recorded['tensorrt'], current.inputs['tensorrt'])})")
+    log(f"{label}: converting to {variant.format} {variant.precision}")
+    work = workspace.work_dir(variant.name, number)
+    artifact = work / filename
+    started = time.perf_counter()
+    conversion = _convert(base, variant, artifact, workspace, trt, number)
+    converted = time.perf_counter()
+    if variant.format == "tensorrt":
+        candidate = run_plan(trt, artifact, base.holdout)
+    else:
+        candidate = run_onnx(artifact, base.holdout)
+    accuracy = compare(base.model, base.reference, candidate)
+    failures = gate_failures(variant.gate, accuracy)
+    gated = time.perf_counter()
+    record = {
+        "model": variant.name,
+        "version": number,
+        "format": variant.format,
+        "precision": variant.precision,
+        "artifact_sha256": sha256_file(artifact),
+        "base": {
+            "model": base.model.name,
+            "version": number,
+            "fingerprint": read_record(base.directory).get("fingerprint"),
+        },
+        "fingerprint": current.digest,
+        "built_from": current.inputs,
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": {"convert": round(converted - started, 3), "gate": round(gated - converted, 3)},
+        "conversion": conversion,
+        "calibration": base.data.record(),
+        "tensorrt": current.inputs["tensorrt"],
+        "accuracy": {
+            "gate": variant.gate.model_dump(mode="json"),
+            "passed": not failures,
+            "outputs": {name: figures.record() for name, figures in accuracy.items()},
+        },
+    }
+    (work / BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    if failures:
+        raise AccuracyError(
+            f"variant {label} ({variant.format} {variant.precision}) is outside its accuracy gate against FP32 PyTorch:",
+            problems=[*failures, *(f"output {name!r}: {figures.figures()}" for name, figures in accuracy.items())],
+            artifact=work,
+        )
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    work.rename(staged)
+    detail = _summary(variant, record["accuracy"]["outputs"])
+    log(f"{label}: built ({detail})")
+    return "built", detail
+
+
+def _tensorrt_for(variant: VariantSpec, target: Target) -> tuple[Any, Gpu | None]:
+    if variant.format != "tensorrt":
+        return None, None
+    try:
+        if target != "gpu":
+            raise ConversionError(
+                f"variant {variant.name!r}: a TensorRT plan runs only on GPUs, and this build is for the cpu target",
+                problems=["build with TARGET=gpu on a GPU host, or mark the variant optional: true"],
+            )
+        return require_tensorrt(variant.name)
+    except ConversionError as exc:
+        if variant.optional:
+            raise Skipped(str(exc).splitlines()[0]) from exc
+        raise
+
+
+def _fingerprint(base: BaseVersion, variant: VariantSpec, gpu: Gpu | None) -> Fingerprint:
+    calibration = base.model.calibration
+    assert calibration is not None  # load_spec requires it for variants
+    tensorrt = None
+    if variant.format == "tensorrt" and gpu is not None:
+        tensorrt = {
+            "version": installed_tensorrt(),
+            "gpu": gpu.name,
+            "compute_capability": gpu.compute_capability,
+            "profiles": [p.record() for p in optimization_profile(base.model)],
+        }
+    inputs = {
+        "base_fingerprint": read_record(base.directory).get("fingerprint"),
+        "variant": variant.model_dump(
+            mode="json", exclude={"optional", "quantization" if variant.format == "tensorrt" else "tensorrt"}
+        ),
+        "calibration": {
+            **calibration.model_dump(mode="json", exclude={"data"}),
+            "source_sha256": base.data.source_sha256,
+            "feeds_sha256": base.data.feeds_sha256,
+        },
+        "tools": {**tool_versions(), "tensorrt": installed_tensorrt()},
+        "tensorrt": tensorrt,
+    }
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return Fingerprint(digest=digest, inputs=inputs)
+
+
+def _convert(
+    base: BaseVersion, variant: VariantSpec, artifact: Path, workspace: Workspace, trt: Any, number: int
+) -> dict[str, Any]:
+    source = base.directory / FORMATS["onnx"].filename
+    if variant.format == "onnx":
+        if variant.precision == "int8":
+            return quantize_int8(source, artifact, base.data.calibration, variant.quantization)
+        return convert_fp16(source, artifact)
+    profiles = optimization_profile(base.model)
+    calibration = base.model.calibration
+    assert calibration is not None
+    batch = min(calibration.batch_size, base.model.max_batch_size or 1)
+    version = installed_tensorrt() or "unknown"
+    cache = CalibrationCache(
+        workspace.cache / variant.name,
+        onnx_sha256=sha256_file(source),
+        feeds_sha256=base.data.feeds_sha256,
+        tensorrt=version,
+        shapes=json.dumps([p.record() for p in profiles]) + f"/{batch}",
+    )
+    timing = workspace.cache / f"timing-tensorrt-{version}.cache" if variant.tensorrt.timing_cache else None
+    return build_plan(
+        trt,
+        source,
+        artifact,
+        profiles=profiles,
+        precision=variant.precision,
+        options=variant.tensorrt,
+        calibration=base.data.calibration,
+        calibration_batch=batch,
+        calibration_cache=cache if variant.precision == "int8" else None,
+        timing_cache=timing,
+    )
+
+
+def _plan_change(recorded: dict[str, Any], current: dict[str, Any] | None) -> str:
+    if current is None:
+        return "no GPU to check it against"
+    changes = [
+        f"{key} {recorded.get(key)} -> {current.get(key)}"
+        for key in ("version", "compute_capability")
+        if recorded.get(key) != current.get(key)
+    ]
+    return "built with " + "; ".join(changes) if changes else "its inputs changed"
+
+
+def _summary(variant: VariantSpec, outputs: dict[str, Any]) -> str:
+    parts = []
+    for name, figures in outputs.items():
+        accuracy = OutputAccuracy(**figures) if isinstance(figures, dict) else figures
+        if accuracy.judged_by == "top1_agreement" and accuracy.top1_agreement is not None:
+            parts.append(f"{name} top-1 {accuracy.top1_agreement:.2%}")
+        else:
+            parts.append(f"{name} cosine {accuracy.cosine_mean:.5f}")
+    return f"{variant.format} {variant.precision}, gate passed: " + ", ".join(parts)

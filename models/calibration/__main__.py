@@ -1,0 +1,3 @@
+from models.calibration import write
+
+write()

@@ -1,0 +1,85 @@
+"""Variant and calibration fields of the spec: every wrong combination is refused before
+anything is built, with the field, the value and what is allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from builder.errors import SpecError
+from builder.spec import load_spec
+from tests.conftest import linear_model
+
+
+def spec_problems(write_spec: Callable[..., Path], *models: dict[str, Any]) -> str:
+    with pytest.raises(SpecError) as failure:
+        load_spec(write_spec(*models))
+    return str(failure.value)
+
+
+def with_variants(*variants: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    return linear_model(
+        calibration={"data": "tests.tiny_models:calibration_batches"}, variants=list(variants), **overrides
+    )
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        (
+            {"name": "v", "precision": "fp32"},
+            "an fp32 ONNX variant is the model itself; allowed for format onnx: fp16, int8",
+        ),
+        ({"name": "v", "precision": "bf16"}, "ONNX Runtime has no bf16 kernels"),
+        ({"name": "linear", "precision": "int8"}, "is the model's own name"),
+        (
+            {"name": "v", "precision": "int4"},
+            "variants[0].precision = 'int4': allowed: 'fp32', 'fp16', 'bf16' or 'int8'",
+        ),
+        ({"name": "v", "precision": "int8", "gate": {"top1_agreement": 1.5}}, "gate.top1_agreement = 1.5"),
+    ],
+)
+def test_bad_variants_are_refused(write_spec: Callable[..., Path], variant: dict[str, Any], message: str) -> None:
+    assert message in spec_problems(write_spec, with_variants(variant))
+
+
+def test_variants_need_calibration_data_that_exists(write_spec: Callable[..., Path]) -> None:
+    problems = spec_problems(write_spec, linear_model(variants=[{"name": "v", "precision": "int8"}]))
+    assert "variants need calibration data: add calibration: {data: ...}" in problems
+    missing = linear_model(calibration={"data": "nowhere/images"}, variants=[{"name": "v", "precision": "int8"}])
+    assert "calibration.data = " in spec_problems(
+        write_spec, missing
+    ) and "nowhere/images': not found" in spec_problems(write_spec, missing)
+
+
+def test_histogram_calibration_is_refused_for_variable_dims(write_spec: Callable[..., Path]) -> None:
+    sequence = {
+        "inputs": [{"name": "x", "dtype": "TYPE_FP32", "dims": [-1, 4], "shape_range": {"min": [1, 4], "max": [9, 4]}}],
+        "outputs": [{"name": "y", "dtype": "TYPE_FP32", "dims": [4]}],
+        "source": "tests.tiny_models:sequence_mean",
+    }
+    variant = {"name": "v", "precision": "int8", "quantization": {"method": "entropy"}}
+    problems = spec_problems(write_spec, with_variants(variant, **sequence))
+    assert "quantization.method = 'entropy' collects histograms" in problems and "use method: minmax" in problems
+
+
+def test_variant_names_are_model_names(write_spec: Callable[..., Path]) -> None:
+    clash = with_variants({"name": "other", "precision": "int8"})
+    problems = spec_problems(write_spec, clash, linear_model("other"))
+    assert "model name 'other' is declared 2 times" in problems
+
+
+def test_an_ensemble_can_call_a_variant(write_spec: Callable[..., Path]) -> None:
+    ensemble = {
+        "name": "pipeline",
+        "kind": "ensemble",
+        "max_batch_size": 8,
+        "inputs": [{"name": "x", "dtype": "TYPE_FP32", "dims": [4]}],
+        "outputs": [{"name": "y", "dtype": "TYPE_FP32", "dims": [3]}],
+        "steps": [{"model": "linear_int8", "inputs": {"x": "x"}, "outputs": {"y": "y"}}],
+    }
+    spec = load_spec(write_spec(with_variants({"name": "linear_int8", "precision": "int8"}), ensemble))
+    assert spec.served_names() == {"linear", "linear_int8", "pipeline"}
