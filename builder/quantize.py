@@ -37,6 +37,7 @@ def quantize_int8(
         QuantType,
         quantize_static,
     )
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
@@ -47,6 +48,12 @@ def quantize_int8(
             return next(self.feeds, None)
 
     prepared = destination.with_name("prepared.onnx")
+    ranges = destination.with_name("ranges.json")
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[options.method]
     exclude_ops = {op for op in options.exclude if op[:1].isupper() and "/" not in op and "." not in op}
     try:
         with _quiet():
@@ -55,6 +62,20 @@ def quantize_int8(
             quant_pre_process(str(source), str(prepared))
             graph = onnx.load(str(prepared), load_external_data=False).graph
             excluded = [n.name for n in graph.node if n.name in options.exclude or n.op_type in exclude_ops]
+            cache = None
+            if options.method == "entropy":
+                # quantize_static's entropy calibrator histograms into as many bins as it
+                # quantizes to, which leaves no threshold to search: its ranges equal minmax's.
+                # TensorRT's entropy calibration uses 2048 bins for 128 quantized ones.
+                calibrator = create_calibrator(
+                    prepared,
+                    augmented_model_path=str(destination.with_name("augmented.onnx")),
+                    calibrate_method=method,
+                    extra_options={"num_bins": 2048, "num_quantized_bins": 128},
+                )
+                calibrator.collect_data(Reader())
+                save_tensors_data(calibrator.compute_data(), ranges)
+                cache = ranges
             quantize_static(
                 str(prepared),
                 str(destination),
@@ -64,12 +85,9 @@ def quantize_int8(
                 reduce_range=options.reduce_range,
                 activation_type=QuantType.QUInt8 if options.activations == "uint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method={
-                    "minmax": CalibrationMethod.MinMax,
-                    "entropy": CalibrationMethod.Entropy,
-                    "percentile": CalibrationMethod.Percentile,
-                }[options.method],
+                calibrate_method=method,
                 nodes_to_exclude=excluded,
+                calibration_cache_path=cache,
             )
     except Exception as exc:
         raise ConversionError(
@@ -78,7 +96,8 @@ def quantize_int8(
             artifact=source,
         ) from exc
     finally:
-        prepared.unlink(missing_ok=True)
+        for scratch in (prepared, ranges, destination.with_name("augmented.onnx")):
+            scratch.unlink(missing_ok=True)
     return {**options.model_dump(mode="json"), "format": "QDQ", "excluded_nodes": excluded}
 
 

@@ -213,3 +213,28 @@ def test_check_reports_plans_without_a_record_or_beyond_their_profile(tmp_path: 
     too_large = plan_repository(tmp_path / "b", ENGINE, max_batch_size=16)
     (problem,) = check_repository(too_large, "gpu")
     assert "max_batch_size 16 exceeds the plan's largest batch 8" in str(problem)
+
+
+def test_each_calibration_method_sets_its_own_ranges(tiny_repository: Path, tmp_path: Path) -> None:
+    from onnx import numpy_helper
+
+    from builder.quantize import quantize_int8
+    from builder.spec import QuantizationOptions
+
+    # Heavy tails: minmax covers the outliers, entropy and percentile clip them.
+    rng = np.random.default_rng(0)
+    feeds = [{"x": (rng.standard_t(2, size=(64, 4)) * 3).astype(np.float32)} for _ in range(4)]
+    scales = {}
+    for method in ("minmax", "entropy", "percentile"):
+        out = tmp_path / f"{method}.onnx"
+        quantize_int8(tiny_repository / "linear" / "1" / "model.onnx", out, feeds, QuantizationOptions(method=method))  # type: ignore[arg-type]
+        graph = onnx.load(str(out)).graph
+        scales[method] = {
+            init.name: float(numpy_helper.to_array(init))
+            for init in graph.initializer
+            if init.name.endswith("_scale") and numpy_helper.to_array(init).size == 1
+        }
+    assert scales["minmax"].keys() == scales["entropy"].keys() == scales["percentile"].keys()
+    for activation in scales["minmax"]:
+        assert scales["entropy"][activation] < scales["minmax"][activation]
+        assert scales["percentile"][activation] < scales["minmax"][activation]
