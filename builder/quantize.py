@@ -54,14 +54,13 @@ def quantize_int8(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[options.method]
-    exclude_ops = {op for op in options.exclude if op[:1].isupper() and "/" not in op and "." not in op}
     try:
         with _quiet():
             # Shape inference and graph fusion (batch norm into convolutions) first, as ONNX
             # Runtime recommends: fewer, fused tensors quantize with less error.
             quant_pre_process(str(source), str(prepared))
             graph = onnx.load(str(prepared), load_external_data=False).graph
-            excluded = [n.name for n in graph.node if n.name in options.exclude or n.op_type in exclude_ops]
+            excluded = [n.name for n in graph.node if n.name in options.exclude or n.op_type in options.exclude]
             cache = None
             if options.method == "entropy":
                 # quantize_static's entropy calibrator histograms into as many bins as it

@@ -242,7 +242,9 @@ def _summary(variant: VariantSpec, outputs: dict[str, Any]) -> str:
     for name, figures in outputs.items():
         accuracy = OutputAccuracy(**figures) if isinstance(figures, dict) else figures
         if accuracy.judged_by == "top1_agreement" and accuracy.top1_agreement is not None:
-            parts.append(f"{name} top-1 {accuracy.top1_agreement:.2%}")
+            parts.append(
+                f"{name} top-1 {accuracy.top1_agreement:.2%} ({accuracy.top1_classes} classes), cosine {accuracy.cosine_mean:.5f}"
+            )
         else:
             parts.append(f"{name} cosine {accuracy.cosine_mean:.5f}")
     return f"{variant.format} {variant.precision}, gate passed: " + ", ".join(parts)
