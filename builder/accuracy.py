@@ -56,7 +56,7 @@ def compare(
     for output in model.outputs:
         expected = np.concatenate([batch[output.name] for batch in reference]).astype(np.float64)
         actual = np.concatenate([batch[output.name] for batch in candidate]).astype(np.float64)
-        samples = expected.shape[0] if model.max_batch_size else 1
+        samples = expected.shape[0]
         flat_expected, flat_actual = expected.reshape(samples, -1), actual.reshape(samples, -1)
         error = np.abs(flat_actual - flat_expected)
         cosine = _cosine(flat_expected, flat_actual)

@@ -84,10 +84,9 @@ def load_calibration(spec: Spec, model: OnnxModelSpec) -> CalibrationSet:
 def _read(
     calibration: CalibrationSpec, model: OnnxModelSpec, through: PythonModelSpec | None, label: str
 ) -> tuple[list[Feed], str]:
-    data = calibration.data
-    if ":" in data and not Path(data).exists():
-        return _from_callable(data, label)
-    path = Path(data)
+    if calibration.from_callable:
+        return _from_callable(calibration.data, label)
+    path = Path(calibration.data)
     raw_input = None if through is None else through.inputs[0].name
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -12,14 +12,13 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from builder.batches import Feed
 from builder.calibration import load_calibration
 from builder.check import check_repository
 from builder.errors import BuildError, RepositoryError
@@ -42,7 +41,7 @@ from builder.spec import (
 )
 from builder.targets import Target, detect_target
 from builder.variants import BaseVersion, Skipped, build_variant
-from builder.verify import VerificationReport, run_torch, verify_onnx
+from builder.verify import VerificationReport, verify_onnx
 
 __all__ = ["BUILD_RECORD", "BuildSummary", "VersionResult", "build_repository"]
 
@@ -181,13 +180,10 @@ def _build_variants(
             )
         yield str(exc)
         return
-    log(
-        f"{model.name}: calibration data {data.description}: {data.record()['samples']} samples, {data.record()['holdout']} held out"
-    )
+    counts = data.record()
+    log(f"{model.name}: calibration data {data.description}: {counts['samples']} samples, {counts['holdout']} held out")
     bases = [
-        BaseVersion(
-            model, version, workspace.staging / model.name / str(version.version), data, _reference_of(model, version)
-        )
+        BaseVersion(model, version, workspace.staging / model.name / str(version.version), data)
         for version in model.versions
     ]
     for variant in model.variants:
@@ -229,13 +225,6 @@ def _build_variants(
             yield from _write_config(spec, served, workspace, target, variant)
         else:
             shutil.rmtree(workspace.staging / variant.name, ignore_errors=True)
-
-
-def _reference_of(model: OnnxModelSpec, version: VersionSpec) -> Callable[[Sequence[Feed]], list[dict[str, Any]]]:
-    def run(feeds: Sequence[Feed]) -> list[dict[str, Any]]:
-        return run_torch(instantiate(model, version), model, feeds)
-
-    return run
 
 
 def _write_config(

@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,8 +29,10 @@ from builder.profiles import CalibrationCache, optimization_profile
 from builder.quantize import convert_fp16, quantize_int8, run_onnx
 from builder.render import FORMATS
 from builder.repository import Workspace, link_tree
+from builder.source import instantiate
 from builder.spec import OnnxModelSpec, VariantSpec, VersionSpec
 from builder.targets import Target
+from builder.verify import run_torch
 
 __all__ = ["BaseVersion", "Skipped", "build_variant"]
 
@@ -46,17 +49,19 @@ class BaseVersion:
     version: VersionSpec
     directory: Path
     data: CalibrationSet
-    run_reference: Callable[[Sequence[Feed]], list[dict[str, Any]]]
-    _reference: list[dict[str, Any]] | None = field(default=None, repr=False)
 
-    @property
+    @cached_property
     def reference(self) -> list[dict[str, Any]]:
-        """The FP32 PyTorch outputs on the held-out data, computed once."""
-        if self._reference is None:
-            self._reference = self.run_reference(self.holdout)
-        return self._reference
+        """The FP32 PyTorch outputs on the held-out data, computed once for all variants."""
+        return run_torch(instantiate(self.model, self.version), self.model, self.holdout)
 
-    @property
+    @cached_property
+    def fingerprint(self) -> str | None:
+        """The base version's fingerprint, from its build record."""
+        fingerprint = read_record(self.directory).get("fingerprint")
+        return fingerprint if isinstance(fingerprint, str) else None
+
+    @cached_property
     def holdout(self) -> list[Feed]:
         """The held-out batches, none larger than the model's max_batch_size."""
         calibration = self.model.calibration
@@ -118,7 +123,7 @@ def build_variant(
         "base": {
             "model": base.model.name,
             "version": number,
-            "fingerprint": read_record(base.directory).get("fingerprint"),
+            "fingerprint": base.fingerprint,
         },
         "fingerprint": current.digest,
         "built_from": current.inputs,
@@ -175,7 +180,7 @@ def _fingerprint(base: BaseVersion, variant: VariantSpec, gpu: Gpu | None) -> Fi
             "profiles": [p.record() for p in optimization_profile(base.model)],
         }
     inputs = {
-        "base_fingerprint": read_record(base.directory).get("fingerprint"),
+        "base_fingerprint": base.fingerprint,
         "variant": variant.model_dump(
             mode="json", exclude={"optional", "quantization" if variant.format == "tensorrt" else "tensorrt"}
         ),
@@ -240,7 +245,7 @@ def _plan_change(recorded: dict[str, Any], current: dict[str, Any] | None) -> st
 def _summary(variant: VariantSpec, outputs: dict[str, Any]) -> str:
     parts = []
     for name, figures in outputs.items():
-        accuracy = OutputAccuracy(**figures) if isinstance(figures, dict) else figures
+        accuracy = OutputAccuracy(**figures)
         if accuracy.judged_by == "top1_agreement" and accuracy.top1_agreement is not None:
             parts.append(
                 f"{name} top-1 {accuracy.top1_agreement:.2%} ({accuracy.top1_classes} classes), cosine {accuracy.cosine_mean:.5f}"

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-__all__ = ["MODEL_NAME_PATTERN", "SOURCE_PATTERN", "Dim", "ModelName", "Source", "Strict"]
+__all__ = ["MODEL_NAME_PATTERN", "SOURCE_PATTERN", "Dim", "ModelName", "Source", "Strict", "is_source"]
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$"
 SOURCE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
 ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
 Source = Annotated[str, Field(pattern=SOURCE_PATTERN)]
+
+
+def is_source(text: str) -> bool:
+    """Whether `text` is a 'package.module:callable' reference (rather than a path)."""
+    return re.fullmatch(SOURCE_PATTERN, text) is not None
 
 
 class Strict(BaseModel):

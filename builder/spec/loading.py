@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from builder.ensemble import Ensemble, Member, Step, TensorType, ensemble_problems
 from builder.errors import SpecError
+from builder.spec._base import is_source
 from builder.spec.models import (
     MODEL_NAME_PATTERN,
     SOURCE_PATTERN,
@@ -202,7 +203,7 @@ def _resolve_paths(entry: dict[str, Any], base: Path) -> dict[str, Any]:
     calibration = entry.get("calibration")
     if isinstance(calibration, dict) and isinstance(calibration.get("data"), str):
         data = calibration["data"]
-        entry["calibration"] = {**calibration, "data": data if re.match(SOURCE_PATTERN, data) else resolve(data)}
+        entry["calibration"] = {**calibration, "data": data if is_source(data) else resolve(data)}
     if isinstance(entry.get("files"), dict):
         entry["files"] = {k: resolve(v) for k, v in entry["files"].items()}
     versions = entry.get("versions")

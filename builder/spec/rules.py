@@ -183,7 +183,7 @@ def _variant_problems(model: OnnxModelSpec) -> Iterator[str]:
             "variants need calibration data: add calibration: {data: ...} (a directory of images, a text "
             "file, a .npy/.npz file or a module:callable) to calibrate them and judge them on held-out samples"
         )
-    if calibration is not None and ":" not in calibration.data and not Path(calibration.data).exists():
+    if calibration is not None and not calibration.from_callable and not Path(calibration.data).exists():
         yield f"calibration.data = {calibration.data!r}: not found; give an existing path (relative to the spec file) or a 'module:callable'"
     if model.variants and model.max_batch_size == 0:
         yield "variants need max_batch_size >= 1: calibration and accuracy gates feed batches of samples"

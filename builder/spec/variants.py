@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from builder.spec._base import ModelName, Strict
+from builder.spec._base import ModelName, Strict, is_source
 
 __all__ = [
     "CalibrationSpec",
@@ -44,6 +44,11 @@ class CalibrationSpec(Strict):
     samples: Annotated[int, Field(ge=1)] = 64
     holdout: Annotated[int, Field(ge=1)] = 64
     batch_size: Annotated[int, Field(ge=1)] = 8
+
+    @property
+    def from_callable(self) -> bool:
+        """Whether `data` names a 'module:callable' rather than a path."""
+        return is_source(self.data)
 
 
 class Gate(Strict):
