@@ -59,7 +59,7 @@ def _build(spec: Path, repo: Path, force: bool, target: Target | None) -> int:
     started = time.perf_counter()
     summary = build_repository(spec, repo, force=force, target=target)
     counts = {status: sum(r.status == status for r in summary.results) for status in ("built", "cached", "skipped")}
-    skipped = f", {counts['skipped']} optional skipped (see the warnings above)" if counts["skipped"] else ""
+    skipped = f", {counts['skipped']} skipped (see the lines above)" if counts["skipped"] else ""
     print(
         f"built {repo} for the {summary.target} target: {len(summary.results)} model version(s), {counts['built']} built, "
         f"{counts['cached']} reused{skipped}, in {time.perf_counter() - started:.1f}s",

@@ -189,6 +189,20 @@ def _build_variants(
     for variant in model.variants:
         served = model.served_variant(variant)
         kind = f"{variant.format} {variant.precision}"
+        if target not in variant.targets:
+            for base in bases:
+                summary.results.append(
+                    VersionResult(
+                        variant.name,
+                        base.version.version,
+                        kind,
+                        "skipped",
+                        0.0,
+                        f"for the {' and '.join(variant.targets)} target only",
+                    )
+                )
+            log(f"{variant.name}: not built for the {target} target (its targets: {', '.join(variant.targets)})")
+            continue
         ok = True
         for base in bases:
             started = time.perf_counter()

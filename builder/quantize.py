@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Iterator, Sequence
+import shutil
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from builder.batches import Feed
 from builder.errors import ConversionError
 from builder.spec import QuantizationOptions
 
-__all__ = ["convert_fp16", "quantize_int8", "run_onnx"]
+__all__ = ["convert_fp16", "onnx_device", "quantize_int8", "run_onnx"]
 
 
 def quantize_int8(
@@ -56,9 +58,7 @@ def quantize_int8(
     }[options.method]
     try:
         with _quiet():
-            # Shape inference and graph fusion (batch norm into convolutions) first, as ONNX
-            # Runtime recommends: fewer, fused tensors quantize with less error.
-            quant_pre_process(str(source), str(prepared))
+            shape_inference = _prepare(quant_pre_process, source, prepared)
             graph = onnx.load(str(prepared), load_external_data=False).graph
             excluded = [n.name for n in graph.node if n.name in options.exclude or n.op_type in options.exclude]
             cache = None
@@ -90,14 +90,37 @@ def quantize_int8(
             )
     except Exception as exc:
         raise ConversionError(
-            f"INT8 quantization of {source} failed: {type(exc).__name__}: {exc}",
+            f"INT8 quantization of {source.parent.parent.name} v{source.parent.name} failed: {_describe(exc)}",
             problems=["try quantization.method: minmax, or keep the failing nodes in float with quantization.exclude"],
-            artifact=source,
+            artifact=_keep_input(source, destination),
         ) from exc
     finally:
         for scratch in (prepared, ranges, destination.with_name("augmented.onnx")):
             scratch.unlink(missing_ok=True)
-    return {**options.model_dump(mode="json"), "format": "QDQ", "excluded_nodes": excluded}
+    return {
+        **options.model_dump(mode="json"),
+        "format": "QDQ",
+        "excluded_nodes": excluded,
+        "shape_inference": shape_inference,
+    }
+
+
+def _prepare(quant_pre_process: Callable[..., None], source: Path, prepared: Path) -> str:
+    """Shape inference and graph fusion (batch norm into convolutions) first, as ONNX Runtime
+    recommends: fewer, fused tensors quantize with less error. Returns how shapes were inferred.
+
+    ONNX Runtime's symbolic shape inference lags the ONNX opsets of its own minor release: 1.30
+    ignores `Shape`'s start/end (opset 15) and fails an assertion on torch.export graphs with
+    variable dims. ONNX's own shape inference still types every tensor there, which is all the
+    quantizer needs; the accuracy gate judges the result either way.
+    """
+    try:
+        quant_pre_process(str(source), str(prepared))
+        return "symbolic"
+    except Exception as exc:
+        reason = _describe(exc)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        return f"onnx (onnxruntime {ort.__version__}'s symbolic shape inference failed: {reason})"
 
 
 def convert_fp16(source: Path, destination: Path) -> dict[str, Any]:
@@ -115,18 +138,57 @@ def convert_fp16(source: Path, destination: Path) -> dict[str, Any]:
             onnx.save(converted, str(destination))
     except Exception as exc:
         raise ConversionError(
-            f"FP16 conversion of {source} failed: {type(exc).__name__}: {exc}", artifact=source
+            f"FP16 conversion of {source.parent.parent.name} v{source.parent.name} failed: {_describe(exc)}",
+            artifact=_keep_input(source, destination),
         ) from exc
     return {"keep_io_types": True}
 
 
-def run_onnx(path: Path, feeds: Sequence[Feed]) -> list[dict[str, NDArray[Any]]]:
-    """Run an ONNX file on the CPU over `feeds`, one call per batch."""
+def run_onnx(path: Path, feeds: Sequence[Feed], device: str = "cpu") -> list[dict[str, NDArray[Any]]]:
+    """Run an ONNX file over `feeds`, one call per batch, on the CPU or (`device="cuda"`) on the
+    first GPU with ONNX Runtime's CUDA provider."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    if session.get_providers()[0] != providers[0]:
+        raise ConversionError(
+            f"ONNX Runtime could not start its CUDA provider to run {path} "
+            f"(onnxruntime {ort.__version__} offers {', '.join(ort.get_available_providers())})",
+            problems=[
+                "install onnxruntime-gpu with its CUDA libraries (`make venv` on a GPU host), or build with TARGET=cpu"
+            ],
+        )
     names = [o.name for o in session.get_outputs()]
     return [dict(zip(names, (np.asarray(v) for v in session.run(names, feed)), strict=True)) for feed in feeds]
+
+
+def onnx_device(target: str) -> str:
+    """Where ONNX variants are judged: on the GPU for the gpu target, as they will be served,
+    where this onnxruntime has the CUDA provider; on the CPU otherwise."""
+    return "cuda" if target == "gpu" and "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+
+
+def _describe(exc: BaseException) -> str:
+    """The exception and, for a bare assertion inside a tool, where it failed."""
+    if str(exc):
+        return f"{type(exc).__name__}: {exc}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" in {frames[-1].name} ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}{where}"
+
+
+def _keep_input(source: Path, destination: Path) -> Path:
+    """Copy the conversion's input next to its output, in the work directory a failed build
+    keeps: the base version itself lives in staging, which the failed build removes."""
+    kept = destination.with_name(f"input-{source.name}")
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, kept)
+    return kept
 
 
 @contextlib.contextmanager

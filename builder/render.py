@@ -185,11 +185,9 @@ def _scheduling(model: _Scheduled, target: Target, variant: VariantSpec | None) 
     accelerators: list[dict[str, Any]] = []
     # ONNX Runtime's options; a TensorRT plan was tuned when it was built.
     if isinstance(model, OnnxModelSpec) and (variant is None or variant.format == "onnx"):
-        if target == "cpu":
-            threads = model.cpu.model_dump(exclude_none=True)
-            parameters = {**threads, **parameters}
-        elif model.gpu.accelerator != "none":
-            accelerators.append(_accelerator(model, variant))
+        parameters = {**model.cpu.model_dump(exclude_none=True), **parameters}
+        if target == "gpu":
+            accelerators.extend(_accelerators(model, variant))
     warm = model.warmup.when == "always" or (model.warmup.when == "gpu" and target == "gpu")
     return {
         "dynamic_batching": None if model.batcher is None else _dynamic_batching(model.batcher),
@@ -298,9 +296,9 @@ def _instance_group(group: InstanceGroup, model: _Scheduled, target: Target) -> 
     }
 
 
-def _accelerator(model: OnnxModelSpec, variant: VariantSpec | None) -> dict[str, Any]:
+def _accelerators(model: OnnxModelSpec, variant: VariantSpec | None) -> list[dict[str, Any]]:
     gpu = model.gpu
-    parameters: list[tuple[str, str]] = []
+    accelerators = []
     if gpu.accelerator == "tensorrt":
         # ONNX Runtime's TensorRT provider runs a QDQ model in INT8 only with INT8 enabled.
         precision = {"int8": "INT8", "fp16": "FP16"}.get(variant.precision if variant else "", gpu.precision_mode)
@@ -310,12 +308,15 @@ def _accelerator(model: OnnxModelSpec, variant: VariantSpec | None) -> dict[str,
         ]
         if gpu.engine_cache_path:
             parameters += [("trt_engine_cache_enable", "1"), ("trt_engine_cache_path", gpu.engine_cache_path)]
-    return {"name": gpu.accelerator, "parameters": parameters}
+        accelerators.append({"name": "tensorrt", "parameters": parameters})
+    if gpu.accelerator == "cuda" or gpu.cuda:
+        accelerators.append({"name": "cuda", "parameters": [(k, _string(v)) for k, v in sorted(gpu.cuda.items())]})
+    return accelerators
 
 
 def _warmups(model: _Scheduled) -> list[dict[str, Any]]:
     mbs = model.max_batch_size
-    sizes = model.warmup.batch_sizes or tuple(sorted({1, max(mbs, 1)}))
+    sizes = model.warmup.batch_sizes or tuple(range(1, max(mbs, 1) + 1))
     inputs = [
         {
             "name": t.name,

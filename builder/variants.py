@@ -26,7 +26,7 @@ from builder.errors import AccuracyError, ConversionError
 from builder.fingerprint import BUILD_RECORD, Fingerprint, read_record, sha256_file, tool_versions
 from builder.plan import Gpu, build_plan, installed_tensorrt, require_tensorrt, run_plan
 from builder.profiles import CalibrationCache, optimization_profile
-from builder.quantize import convert_fp16, quantize_int8, run_onnx
+from builder.quantize import convert_fp16, onnx_device, quantize_int8, run_onnx
 from builder.render import FORMATS
 from builder.repository import Workspace, link_tree
 from builder.source import instantiate
@@ -108,9 +108,11 @@ def build_variant(
     conversion = _convert(base, variant, artifact, workspace, trt, number)
     converted = time.perf_counter()
     if variant.format == "tensorrt":
+        device = "cuda"
         candidate = run_plan(trt, artifact, base.holdout)
     else:
-        candidate = run_onnx(artifact, base.holdout)
+        device = onnx_device(target)
+        candidate = run_onnx(artifact, base.holdout, device)
     accuracy = compare(base.model, base.reference, candidate)
     failures = gate_failures(variant.gate, accuracy)
     gated = time.perf_counter()
@@ -134,6 +136,7 @@ def build_variant(
         "tensorrt": current.inputs["tensorrt"],
         "accuracy": {
             "gate": variant.gate.model_dump(mode="json"),
+            "device": device,
             "passed": not failures,
             "outputs": {name: figures.record() for name, figures in accuracy.items()},
         },

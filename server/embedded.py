@@ -40,6 +40,7 @@ __all__ = [
 _KIT_BACKENDS = Path(__file__).resolve().parent / "backends"
 BATCHING_RUNTIME = Path(__file__).resolve().parent / "runtime" / "triton_kit_batching.py"
 """Runs a dynamic batch as one call inside Triton's Python stub; copied next to every model.py."""
+_RUNTIME_MODULES = sorted(BATCHING_RUNTIME.parent.glob("triton_kit_*.py"))
 _PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
@@ -132,7 +133,8 @@ def prepare_backends(destination: Path, installation: TritonInstallation | None 
     for backend in sorted(p for p in _KIT_BACKENDS.iterdir() if (p / "model.py").is_file()):
         (destination / backend.name).mkdir(exist_ok=True)
         files.append((backend / "model.py", destination / backend.name / "model.py"))
-        files.append((BATCHING_RUNTIME, destination / backend.name / BATCHING_RUNTIME.name))
+        # The runtime modules the kit's backends import (batching, ONNX Runtime session plans).
+        files.extend((module, destination / backend.name / module.name) for module in _RUNTIME_MODULES)
     for source, target in files:
         if (
             not target.exists()

@@ -95,6 +95,7 @@ class VariantSpec(Strict):
     fp16: float16 weights and compute, meant for GPU targets); `format: tensorrt` a TensorRT
     plan, which needs TensorRT and a CUDA GPU on the build machine: where they are missing
     the build stops, unless `optional: true` lets it skip the variant with a warning.
+    `targets` limits the build targets it is built for (an FP16 variant is meant for GPUs).
     """
 
     name: ModelName
@@ -104,3 +105,4 @@ class VariantSpec(Strict):
     tensorrt: TensorRTOptions = TensorRTOptions()
     gate: Gate = Gate()
     optional: bool = False
+    targets: Annotated[tuple[Literal["cpu", "gpu"], ...], Field(min_length=1)] = ("cpu", "gpu")

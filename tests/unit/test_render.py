@@ -100,8 +100,10 @@ def test_feature_configs_equal_their_golden_files(name: str, target: str, write_
 # The example variants; a TensorRT plan only renders for the gpu target.
 VARIANTS = {
     "image_classifier_int8": ("cpu", "gpu"),
+    "image_classifier_fp16": ("gpu",),
     "image_classifier_trt_fp16": ("gpu",),
     "text_encoder_int8": ("cpu", "gpu"),
+    "text_encoder_fp16": ("gpu",),
 }
 
 
@@ -130,8 +132,10 @@ def test_the_gpu_target_runs_on_gpus_with_accelerators_and_warmup(write_spec) ->
     (accelerator,) = gpu.optimization.execution_accelerators.gpu_execution_accelerator
     assert accelerator.name == "tensorrt" and accelerator.parameters["trt_engine_cache_path"] == "/cache/trt"
     assert not cpu.optimization.execution_accelerators.gpu_execution_accelerator
+    # Threads bound both targets: on a GPU host ONNX Runtime would otherwise spin one per core.
     assert cpu.parameters["intra_op_thread_count"].string_value == "4"
-    assert "intra_op_thread_count" not in gpu.parameters
+    assert gpu.parameters["intra_op_thread_count"].string_value == "4"
+    assert gpu.parameters["inter_op_thread_count"].string_value == "1"
     assert gpu.dynamic_batching.default_queue_policy.max_queue_size == 64
     assert gpu.dynamic_batching.priority_queue_policy[1].max_queue_size == 8
     assert gpu.instance_group[0].rate_limiter.resources[0].__getattribute__("global")
@@ -145,10 +149,22 @@ def test_warmup_follows_the_target_by_default(write_spec) -> None:
     gpu = text_format.Parse(render_config(encoder, "models.yaml", "gpu"), pb.ModelConfig())
     cpu = text_format.Parse(render_config(encoder, "models.yaml", "cpu"), pb.ModelConfig())
     assert not cpu.model_warmup
+    # Every size the dynamic batcher can form: an unwarmed one would stall its first execution
+    # while the CUDA provider tunes kernels for the new shape.
+    assert [w.batch_size for w in gpu.model_warmup] == list(range(1, 33))
     warm = gpu.model_warmup[-1]
-    assert warm.batch_size == 32
     assert list(warm.inputs["input_ids"].dims) == [32]  # the typical (opt) length, concrete
     assert warm.inputs["input_ids"].zero_data  # integer ids: zeros are valid, random values may not be
+
+
+def test_cuda_provider_options_render_as_the_cuda_accelerator(write_spec) -> None:
+    model = load_spec(
+        write_spec(linear_model("tuned", gpu={"accelerator": "tensorrt", "cuda": {"cudnn_conv_algo_search": "HEURISTIC"}}))
+    ).models[0]
+    gpu = text_format.Parse(render_config(model, "models.yaml", "gpu"), pb.ModelConfig())
+    tensorrt, cuda = gpu.optimization.execution_accelerators.gpu_execution_accelerator
+    assert (tensorrt.name, cuda.name) == ("tensorrt", "cuda")
+    assert dict(cuda.parameters) == {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
 def test_max_batch_size_zero_is_written_out(write_spec) -> None:

@@ -6,8 +6,10 @@ those configs unchanged. The NGC container uses its own C++ backend for the same
 
 Each `execute` call receives every request of a dynamic batch and runs it as one ONNX Runtime
 call (triton_kit_batching, copied next to this file); a request ONNX Runtime rejects as invalid
-gets its own error while the others succeed. It runs inside Triton's Python stub, so it imports
-nothing from the kit.
+gets its own error while the others succeed. Providers and session options follow the C++
+backend's reading of the config (triton_kit_ort): a KIND_GPU instance runs on its own GPU with
+the CUDA provider, its inputs bound once to the device and its outputs copied back once. It runs
+inside Triton's Python stub, so it imports nothing from the kit.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from triton_kit_batching import execute_batched
+from triton_kit_ort import CPU, CUDA, ConfigError, SessionPlan, plan_session
 
 # ONNX Runtime's element types in Triton's names, to compare the model with its config.
 _ORT_TYPES = {
@@ -42,9 +45,6 @@ _ORT_TYPES = {
     "tensor(string)": "TYPE_STRING",
 }
 
-# ONNX Runtime session options read from the config's `parameters`, as the C++ backend does.
-_THREAD_PARAMETERS = {"intra_op_thread_count": "intra_op_num_threads", "inter_op_thread_count": "inter_op_num_threads"}
-
 
 class TritonPythonModel:
     """One instance of a model served from `<model_dir>/<version>/model.onnx`."""
@@ -56,13 +56,21 @@ class TritonPythonModel:
         self.output_names = [tensor["name"] for tensor in config["output"]]
         filename = config.get("default_model_filename") or "model.onnx"
         path = os.path.join(args["model_repository"], args["model_version"], filename)
-        parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
-        options = ort.SessionOptions()
-        for parameter, attribute in _THREAD_PARAMETERS.items():
-            if parameter in parameters:
-                setattr(options, attribute, int(parameters[parameter]))
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        problems = _signature_problems(config, self.session, args["model_name"])
+        name = args["model_name"]
+        try:
+            plan = plan_session(
+                config,
+                args.get("model_instance_kind", "CPU"),
+                int(args.get("model_instance_device_id", 0)),
+                ort.get_available_providers(),
+            )
+        except ConfigError as exc:
+            raise pb_utils.TritonModelException(str(exc)) from None
+        if plan.device == "cuda" and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels, where the host has no system CUDA
+        self.session = ort.InferenceSession(path, _session_options(plan), providers=plan.providers)
+        self.on_gpu = _check_providers(plan, self.session.get_providers(), name, args["model_instance_name"])
+        problems = _signature_problems(config, self.session, name)
         if problems:
             raise pb_utils.TritonModelException("; ".join(problems))
 
@@ -75,7 +83,51 @@ class TritonPythonModel:
         self.session = None
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
+        if not self.on_gpu:
+            return dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
+        # Bound explicitly so each input crosses to the GPU once and each output comes back once,
+        # straight into host memory, with no intermediate device-side output to copy again.
+        binding = self.session.io_binding()
+        for input_name, array in feeds.items():
+            binding.bind_cpu_input(input_name, np.ascontiguousarray(array))
+        for output_name in self.output_names:
+            binding.bind_output(output_name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu(), strict=True))
+
+
+def _session_options(plan: SessionPlan) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    for attribute, value in plan.session_options.items():
+        setattr(options, attribute, getattr(ort.ExecutionMode, value) if attribute == "execution_mode" else value)
+    return options
+
+
+def _check_providers(plan: SessionPlan, used: list[str], model: str, instance: str) -> bool:
+    """Log what runs the instance, and what it fell back from; refuse a GPU instance ONNX Runtime
+    put on the CPU (the CUDA libraries did not load), which would serve at a fraction of the speed
+    while every check said GPU. Returns whether the instance runs on the GPU."""
+    for note in plan.notes:
+        pb_utils.Logger.log_warn(note)
+    fallen = [p for p in plan.provider_names if p not in used and p != CPU]
+    if CUDA in fallen:
+        raise pb_utils.TritonModelException(
+            f"model '{model}' instance {instance}: ONNX Runtime {ort.__version__} could not start its CUDA provider "
+            f"on GPU {plan.device_id} (see onnxruntime's error above: usually CUDA 13 / cuDNN 9 libraries missing; "
+            "onnxruntime-gpu's nvidia-* wheels or the host's CUDA must be loadable)"
+        )
+    if fallen:
+        pb_utils.Logger.log_warn(
+            f"model '{model}' instance {instance}: {', '.join(fallen)} did not start (see onnxruntime's error above); "
+            f"running on {', '.join(used)} instead"
+        )
+    threads = {k: v for k, v in plan.session_options.items() if k.endswith("_threads")}
+    pb_utils.Logger.log_info(
+        f"model '{model}' instance {instance}: ONNX Runtime {ort.__version__} with {', '.join(used)}"
+        + (f" on GPU {plan.device_id}" if plan.device == "cuda" else "")
+        + (f", {threads}" if threads else ", default threads")
+    )
+    return plan.device == "cuda"
 
 
 def _signature_problems(config: dict[str, Any], session: ort.InferenceSession, model: str) -> list[str]:
