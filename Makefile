@@ -16,28 +16,52 @@ TRITON_GRPC_PORT ?= 8001
 TRITON_METRICS_PORT ?= 8002
 export TRITON_HTTP_PORT TRITON_GRPC_PORT TRITON_METRICS_PORT
 
-# The environment is keyed by the content of the pinned requirements: a change re-installs,
-# an unchanged pair installs nothing.
-DEPS_HASH := $(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
-VENV_STAMP := $(VENV)/.deps-$(DEPS_HASH)
+# The runtime the environment gets: gpu (onnxruntime-gpu, the host's CUDA PyTorch reused) where
+# nvidia-smi lists a GPU, cpu elsewhere or with TARGET=cpu.
+RUNTIME := $(if $(filter cpu,$(TARGET)),cpu,$(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo gpu || echo cpu))
+REQUIREMENTS := $(if $(filter gpu,$(RUNTIME)),requirements-gpu.txt,requirements.lock)
+# The environment is keyed by its runtime and the content of its requirements: a change
+# re-installs, an unchanged set installs nothing.
+DEPS_HASH := $(shell cat pyproject.toml $(REQUIREMENTS) | sha256sum | cut -c1-16)
+VENV_STAMP := $(VENV)/.deps-$(RUNTIME)-$(DEPS_HASH)
 
-.PHONY: help venv build-repo check-repo serve loadtest k8s-manifests deploy-check test lint format lock clean
+.PHONY: help venv compat build-repo check-repo serve loadtest k8s-manifests deploy-check test lint format lock clean
 
 help: ## list the targets
 	@echo "usage: make <target> [VAR=value]"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "variables: SPEC=$(SPEC) REPO=$(REPO) TARGET=$(TARGET) FORCE=1 TRT_VERSION= COMPUTE_CAPABILITY= MODEL=$(MODEL) PROTOCOL=$(PROTOCOL) URL=host:port TRITON_{HTTP,GRPC,METRICS}_PORT PYTEST_ARGS=..."
 
-venv: $(VENV_STAMP) ## create or refresh the project virtualenv (.venv) from requirements.lock
+venv: $(VENV_STAMP) ## create or refresh .venv: requirements.lock, or requirements-gpu.txt where nvidia-smi lists a GPU
 
 $(VENV_STAMP):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11+ is needed, $(PYTHON) is " + sys.version.split()[0] + "; run make with PYTHON=python3.11")'
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "installing the pinned requirements into $(VENV) (the first time takes a few minutes)"
+	@# A gpu environment sees the host's packages, a cpu one does not: switching runtimes starts afresh.
+	@if [ -f $(VENV)/pyvenv.cfg ] && [ "$$(grep -c 'include-system-site-packages = true' $(VENV)/pyvenv.cfg)" != "$(if $(filter gpu,$(RUNTIME)),1,0)" ]; then \
+		echo "recreating $(VENV) for the $(RUNTIME) runtime"; rm -rf $(VENV); fi
+	@test -x $(PY) || $(PYTHON) -m venv $(if $(filter gpu,$(RUNTIME)),--system-site-packages) $(VENV)
+	@echo "installing the $(RUNTIME) requirements ($(REQUIREMENTS)) into $(VENV) (the first time takes a few minutes)"
 	$(PY) -m pip install -qq --upgrade pip
-	$(PY) -m pip install -qq -r requirements.lock
+	$(PY) -m pip install -qq -r $(REQUIREMENTS)
+	$(if $(filter gpu,$(RUNTIME)),$(PY) -m pip install -qq --no-deps nvidia-pytriton==0.7.0)
 	@rm -f $(VENV)/.deps-*
 	@touch $@
+
+# The other end of the supported ranges (requirements-gpu.txt): the lock with numpy 2 and the
+# oldest onnxruntime minor, as GPU hosts run them. nvidia-pytriton pins numpy<2 for Python code
+# the kit never imports, and matplotlib/cuda-core's pins follow numpy 1: installed without deps.
+COMPAT_VENV ?= .venv-compat
+COMPAT_PINS := numpy==2.4.6 onnxruntime==1.30.0 onnx==1.23.1
+COMPAT_NODEPS := nvidia-pytriton matplotlib cuda-core
+compat: ## build the examples and run the unit tests with numpy 2 and onnxruntime 1.30 (in .venv-compat)
+	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
+	grep -v -E '^($(subst $(eval) ,|,$(foreach p,$(COMPAT_PINS) $(COMPAT_NODEPS) ml_dtypes contourpy,$(firstword $(subst ==, ,$(p))))))==' requirements.lock > $(COMPAT_VENV)/requirements.txt
+	printf '%s\n' $(COMPAT_PINS) >> $(COMPAT_VENV)/requirements.txt
+	$(COMPAT_VENV)/bin/python -m pip install -qq -r $(COMPAT_VENV)/requirements.txt
+	$(COMPAT_VENV)/bin/python -m pip install -qq --no-deps $(filter $(addsuffix ==%,$(COMPAT_NODEPS)),$(shell cat requirements.lock))
+	$(COMPAT_VENV)/bin/python -c 'import numpy, onnxruntime; print("compat: numpy", numpy.__version__, "onnxruntime", onnxruntime.__version__)'
+	rm -rf .compat && $(COMPAT_VENV)/bin/python -m builder build --spec $(SPEC) --repo .compat/model_repository --target cpu
+	$(COMPAT_VENV)/bin/python -m pytest tests/unit -q -p no:cacheprovider
 
 build-repo: venv ## build model_repository/ from models.yaml (TARGET=cpu|gpu, default: this machine's; FORCE=1 re-exports)
 	$(PY) -m builder build --spec $(SPEC) --repo $(REPO) --target $(TARGET) $(if $(FORCE),--force)
@@ -79,5 +103,5 @@ lock: ## re-resolve requirements.lock from the pins in pyproject.toml
 	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
 clean: ## remove the virtualenv, build workspace and caches (model_repository/ stays)
-	rm -rf $(VENV) .$(notdir $(REPO)).build .triton .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(COMPAT_VENV) .compat .$(notdir $(REPO)).build .triton .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

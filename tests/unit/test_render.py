@@ -159,7 +159,9 @@ def test_warmup_follows_the_target_by_default(write_spec) -> None:
 
 def test_cuda_provider_options_render_as_the_cuda_accelerator(write_spec) -> None:
     model = load_spec(
-        write_spec(linear_model("tuned", gpu={"accelerator": "tensorrt", "cuda": {"cudnn_conv_algo_search": "HEURISTIC"}}))
+        write_spec(
+            linear_model("tuned", gpu={"accelerator": "tensorrt", "cuda": {"cudnn_conv_algo_search": "HEURISTIC"}})
+        )
     ).models[0]
     gpu = text_format.Parse(render_config(model, "models.yaml", "gpu"), pb.ModelConfig())
     tensorrt, cuda = gpu.optimization.execution_accelerators.gpu_execution_accelerator

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ import pytest
 import torch
 
 from builder.check import PlanTarget, check_repository
-from builder.errors import BuildError
+from builder.errors import BuildError, ConversionError
 from builder.pipeline import build_repository
+from builder.quantize import quantize_int8
+from builder.spec import QuantizationOptions
 from tests.conftest import linear_model, snapshot
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -150,6 +153,38 @@ def test_an_optional_plan_is_skipped_with_a_warning(
     assert any(line.startswith("warning: linear_plan v1 skipped") for line in lines)
     assert not (tmp_path / "repo" / "linear_plan").exists()
     assert check_repository(tmp_path / "repo", "cpu") == []
+
+
+def test_a_failed_conversion_names_an_artifact_that_exists(tmp_path: Path) -> None:
+    # The base version lives in staging, which the failed build removes: the error must point
+    # at a copy in the work directory that the build keeps.
+    staged = tmp_path / "staging" / "linear" / "1" / "model.onnx"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(b"not an ONNX file")
+    work = tmp_path / "work" / "linear_int8" / "1"
+    with pytest.raises(ConversionError) as caught:
+        quantize_int8(staged, work / "model.onnx", [], QuantizationOptions())
+    shutil.rmtree(tmp_path / "staging")
+    assert caught.value.artifact is not None and caught.value.artifact.is_file()
+    assert caught.value.artifact.read_bytes() == b"not an ONNX file"
+    assert str(caught.value).startswith("INT8 quantization of linear v1 failed: ")
+
+
+def test_a_variant_is_built_only_for_its_targets(
+    tmp_path: Path, write_spec: Callable[..., Path], data: Callable[[int], None]
+) -> None:
+    lines: list[str] = []
+    spec = write_spec(quantized([{"name": "linear_fp16", "precision": "fp16", "targets": ["gpu"]}]))
+    summary = build_repository(spec, tmp_path / "cpu", target="cpu", log=lines.append)
+    (skipped,) = [r for r in summary.results if r.model == "linear_fp16"]
+    assert (skipped.status, skipped.detail) == ("skipped", "for the gpu target only")
+    assert "linear_fp16: not built for the cpu target (its targets: gpu)" in lines
+    assert not (tmp_path / "cpu" / "linear_fp16").exists()
+    # The gpu target builds and gates it (on the GPU where ONNX Runtime has one, else on the CPU).
+    build_repository(spec, tmp_path / "gpu", target="gpu", log=lines.append)
+    built = record(tmp_path / "gpu", "linear_fp16")
+    assert built["accuracy"]["passed"] is True and built["accuracy"]["device"] in ("cpu", "cuda")
+    assert "KIND_GPU" in (tmp_path / "gpu" / "linear_fp16" / "config.pbtxt").read_text()
 
 
 @pytest.mark.tensorrt

@@ -1,0 +1,402 @@
+"""Benchmark: the example models served on the GPU by the embedded server, against ONNX Runtime's
+CUDA provider in-process at the batch the server formed, side by side in one run.
+
+    make build-repo && .venv/bin/python bench/gpu.py [--repo model_repository] [--seconds 8]
+
+On a GPU host (`make build-repo` builds for the gpu target there). It measures:
+- served throughput of batch-1 requests at 16/64/256 concurrent requests, spread over client
+  processes so the generator is not the limit (their CPU is reported), over gRPC and, for
+  images, with the tensors in system shared memory; with the server's own breakdown (queue,
+  input, infer, output) and GPU utilisation sampled by nvidia-smi;
+- in-process ONNX Runtime CUDA at the average batch the server formed, host copies counted
+  (inputs bound from host numpy, outputs back to host, as the backend does);
+- every batch size 1..max_batch_size served alone, to show no size collapses (each first
+  formed size would otherwise stall while the CUDA provider tunes kernels), and in-process the
+  cost of a size's first call, with exhaustive and heuristic convolution search;
+- the CPU provider on the same host, as the baseline.
+
+Results go to bench/results/gpu.json with the device, driver and stack versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import tritonclient.grpc as grpcclient
+import tritonclient.utils.shared_memory as shm
+from numpy.typing import NDArray
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from server import EmbeddedTriton  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+
+CONCURRENCY = (16, 64, 256)
+MODELS = ("image_classifier", "text_encoder")
+SEQUENCE = 32
+
+
+def payload(model: str, batch: int, seed: int = 0) -> dict[str, NDArray[Any]]:
+    rng = np.random.default_rng(seed)
+    if model.startswith("image_classifier"):
+        return {"image": rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)}
+    return {
+        "input_ids": rng.integers(0, 8192, (batch, SEQUENCE), dtype=np.int64),
+        "attention_mask": np.ones((batch, SEQUENCE), dtype=np.int64),
+    }
+
+
+# --- the load generator: processes of threads, each thread one closed-loop client -------------
+
+
+def _client_process(url: str, model: str, threads: int, seconds: float, use_shm: bool, out: Any) -> None:
+    counts = [0] * threads
+    errors = [0] * threads
+    deadline = [0.0]
+    ready = threading.Barrier(threads + 1)
+
+    def worker(index: int) -> None:
+        client = grpcclient.InferenceServerClient(url)
+        feed = payload(model, 1, seed=index)
+        inputs, region = [], None
+        for name, array in feed.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT64")
+            inputs.append(tensor)
+        if use_shm:  # one region per client, registered once: requests carry its name, not bytes
+            name = f"bench_{os.getpid()}_{index}"
+            nbytes = sum(a.nbytes for a in feed.values())
+            region = shm.create_shared_memory_region(name, f"/{name}", nbytes)
+            shm.set_shared_memory_region(region, list(feed.values()))
+            client.register_system_shared_memory(name, f"/{name}", nbytes)
+            offset = 0
+            for tensor, array in zip(inputs, feed.values(), strict=True):
+                tensor.set_shared_memory(name, array.nbytes, offset)
+                offset += array.nbytes
+        else:
+            for tensor, array in zip(inputs, feed.values(), strict=True):
+                tensor.set_data_from_numpy(array)
+        ready.wait(timeout=300)
+        while time.perf_counter() < deadline[0]:
+            try:
+                client.infer(model, inputs)
+                counts[index] += 1
+            except Exception:
+                errors[index] += 1
+        if region is not None:
+            client.unregister_system_shared_memory(f"bench_{os.getpid()}_{index}")
+            shm.destroy_shared_memory_region(region)
+        client.close()
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    deadline[0] = time.perf_counter() + 1e9
+    ready.wait(timeout=300)
+    started = time.perf_counter()
+    cpu_started = resource.getrusage(resource.RUSAGE_SELF)
+    deadline[0] = started + seconds
+    for thread in pool:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    busy = (cpu.ru_utime - cpu_started.ru_utime) + (cpu.ru_stime - cpu_started.ru_stime)
+    out.put({"requests": sum(counts), "errors": sum(errors), "seconds": elapsed, "cpu_seconds": busy})
+
+
+def drive(url: str, model: str, concurrency: int, seconds: float, use_shm: bool, processes: int) -> dict[str, Any]:
+    """Closed-loop batch-1 requests from `processes` processes sharing `concurrency` clients."""
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    workers = [
+        context.Process(target=_client_process, args=(url, model, share, seconds, use_shm, out))
+        for share in shares
+        if share
+    ]
+    for worker in workers:
+        worker.start()
+    results = [out.get(timeout=seconds + 120) for _ in workers]
+    for worker in workers:
+        worker.join()
+    elapsed = max(r["seconds"] for r in results)
+    return {
+        "requests_per_s": round(sum(r["requests"] for r in results) / elapsed, 1),
+        "errors": sum(r["errors"] for r in results),
+        "client_processes": len(workers),
+        "generator_cpu_cores": round(sum(r["cpu_seconds"] for r in results) / elapsed, 2),
+    }
+
+
+# --- what the server and the GPU say ------------------------------------------------------------
+
+
+def statistics_of(client: Any, model: str) -> dict[str, Any]:
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return {
+        "inferences": int(stats.get("inference_count", 0)),
+        "executions": int(stats.get("execution_count", 0)),
+        **{
+            part: (
+                int(stats["inference_stats"][part].get("count", 0)),
+                int(stats["inference_stats"][part].get("ns", 0)),
+            )
+            for part in ("queue", "compute_input", "compute_infer", "compute_output")
+        },
+    }
+
+
+def breakdown(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Average batch formed and per-request microseconds in each server step, between two reads."""
+    executions = after["executions"] - before["executions"]
+    inferences = after["inferences"] - before["inferences"]
+    figures: dict[str, Any] = {"average_batch": round(inferences / executions, 2) if executions else 0.0}
+    for part in ("queue", "compute_input", "compute_infer", "compute_output"):
+        count = after[part][0] - before[part][0]
+        figures[f"{part}_us"] = round((after[part][1] - before[part][1]) / count / 1000, 1) if count else 0.0
+    return figures
+
+
+class GpuSampler:
+    """nvidia-smi's utilisation and memory, sampled every 200 ms while a phase runs."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> GpuSampler:
+        self.process = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-lms", "200"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        output = self.process.communicate(timeout=10)[0]
+        rows = [[float(v) for v in line.split(",")] for line in output.splitlines() if line.count(",") == 1]
+        self.figures = {
+            "gpu_util_mean_percent": round(statistics.mean(r[0] for r in rows), 1) if rows else None,
+            "gpu_util_max_percent": max((r[0] for r in rows), default=None),
+            "gpu_memory_used_mib": max((r[1] for r in rows), default=None),
+        }
+
+
+def served(server: EmbeddedTriton, seconds: float, processes: int) -> dict[str, Any]:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    results: dict[str, Any] = {}
+    for model in MODELS:
+        modes = [("grpc", False), ("grpc_system_shm", True)] if model == "image_classifier" else [("grpc", False)]
+        for mode, use_shm in modes:
+            for concurrency in CONCURRENCY:
+                before = statistics_of(client, model)
+                try:
+                    with GpuSampler() as sampler:
+                        load = drive(server.grpc_url, model, concurrency, seconds, use_shm, processes)
+                except Exception as exc:  # one failed point must not cost the others
+                    print(f"served {model} {mode} c{concurrency}: failed: {exc!r}", flush=True)
+                    continue
+                figures = {**load, **breakdown(before, statistics_of(client, model)), **sampler.figures}
+                results.setdefault(model, {}).setdefault(mode, {})[f"concurrency_{concurrency}"] = figures
+                print(f"served {model} {mode} c{concurrency}: {figures}", flush=True)
+    client.close()
+    return results
+
+
+def sweep_served(server: EmbeddedTriton, model: str, max_batch: int, calls: int) -> list[dict[str, Any]]:
+    """Each batch size alone, sequentially: the server runs exactly that size."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    rows = []
+    for size in range(1, max_batch + 1):
+        inputs = []
+        for name, array in payload(model, size).items():
+            tensor = grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT64")
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        before = statistics_of(client, model)
+        started = time.perf_counter()
+        for _ in range(calls):
+            client.infer(model, inputs)
+        latency = (time.perf_counter() - started) / calls
+        after = statistics_of(client, model)
+        executions = after["executions"] - before["executions"]
+        infer_ms = (after["compute_infer"][1] - before["compute_infer"][1]) / max(executions, 1) / 1e6
+        rows.append(
+            {
+                "batch": size,
+                "request_ms": round(latency * 1000, 3),
+                "execution_infer_ms": round(infer_ms, 3),
+                "items_per_s": round(size / latency, 1),
+            }
+        )
+    client.close()
+    return _flag_collapse(rows)
+
+
+def _flag_collapse(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark each size whose rate is under half its neighbours' mean (the collapse the warmup prevents)."""
+    for index, row in enumerate(rows):
+        neighbours = [rows[j]["items_per_s"] for j in (index - 1, index + 1) if 0 <= j < len(rows)]
+        row["ratio_to_neighbours"] = round(row["items_per_s"] / statistics.mean(neighbours), 2)
+    return rows
+
+
+# --- in-process ONNX Runtime ---------------------------------------------------------------------
+
+
+def session(path: Path, provider: str, **cuda: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if provider == "cuda":
+        return ort.InferenceSession(
+            str(path),
+            options,
+            providers=[("CUDAExecutionProvider", {"device_id": "0", **cuda}), "CPUExecutionProvider"],
+        )
+    options.intra_op_num_threads = len(os.sched_getaffinity(0))
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_bound(sess: ort.InferenceSession, feed: dict[str, NDArray[Any]]) -> None:
+    """One call as the backend makes it: inputs from host memory, outputs back to host memory."""
+    binding = sess.io_binding()
+    for name, array in feed.items():
+        binding.bind_cpu_input(name, array)
+    for output in sess.get_outputs():
+        binding.bind_output(output.name, "cpu")
+    sess.run_with_iobinding(binding)
+    binding.copy_outputs_to_cpu()
+
+
+def rate(sess: ort.InferenceSession, feed: dict[str, NDArray[Any]], seconds: float, bound: bool) -> float:
+    """Items per second of back-to-back calls at the feed's batch size."""
+    call = (lambda: run_bound(sess, feed)) if bound else (lambda: sess.run(None, feed))
+    call()
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        call()
+        calls += 1
+    return len(next(iter(feed.values()))) * calls / (time.perf_counter() - started)
+
+
+def first_calls(path: Path, model: str, max_batch: int, search: str) -> list[dict[str, Any]]:
+    """A fresh session's first and steady call at each size, in the order a batcher meets them."""
+    sess = session(path, "cuda", cudnn_conv_algo_search=search)
+    rows = []
+    for size in range(1, max_batch + 1):
+        feed = payload(model, size)
+        started = time.perf_counter()
+        run_bound(sess, feed)
+        first = time.perf_counter() - started
+        steady = rate(sess, feed, 0.3, bound=True)
+        rows.append({"batch": size, "first_call_ms": round(first * 1000, 2), "steady_items_per_s": round(steady, 1)})
+    return rows
+
+
+def environment() -> dict[str, Any]:
+    query = "name,driver_version,memory.total,compute_cap"
+    smi = subprocess.run(
+        ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True, check=False
+    )
+    versions = {"python": platform.python_version(), "onnxruntime": ort.__version__, "numpy": np.__version__}
+    for package in ("torch", "onnx", "tritonclient"):
+        try:
+            versions[package] = __import__(package).__version__
+        except (ImportError, AttributeError):
+            versions[package] = None
+    return {
+        "gpu": smi.stdout.strip(),
+        "cpu_cores": len(os.sched_getaffinity(0)),
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "triton": "2.51.0 (embedded, nvidia-pytriton 0.7.0)",
+        "versions": versions,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo", type=Path, default=ROOT / "model_repository")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per served load point")
+    parser.add_argument("--processes", type=int, default=max(2, len(os.sched_getaffinity(0)) // 2))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu.json")
+    args = parser.parse_args()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        sys.exit(f"error: onnxruntime {ort.__version__} has no CUDA provider; run on a GPU host after `make venv`")
+    config = (args.repo / "image_classifier" / "config.pbtxt").read_text()
+    if "KIND_GPU" not in config:
+        sys.exit(f"error: {args.repo} was built for the cpu target; run `make build-repo` on the GPU host")
+    ort.preload_dlls()
+    max_batch = {"image_classifier": 16, "text_encoder": 32}
+    record: dict[str, Any] = {"benchmark": "gpu", "date": time.strftime("%Y-%m-%d %H:%M"), **environment()}
+    print(json.dumps(record, indent=2), flush=True)
+
+    log = args.out.with_suffix(".server.log")
+    server = EmbeddedTriton(
+        args.repo,
+        ROOT / ".triton" / "bench-backends",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_file=log,
+    )
+    started = time.perf_counter()
+    server.start(timeout_s=600)
+    record["server_ready_s"] = round(time.perf_counter() - started, 1)
+    try:
+        record["backend_log"] = [line for line in log.read_text().splitlines() if "ONNX Runtime" in line][-8:]
+        record["served"] = served(server, args.seconds, args.processes)
+        record["served_sweep"] = {m: sweep_served(server, m, max_batch[m], 20) for m in MODELS}
+    finally:
+        server.stop()
+
+    in_process: dict[str, Any] = {}
+    for model in MODELS:
+        path = args.repo / model / "1" / "model.onnx"
+        cuda = session(path, "cuda")
+        cpu = session(path, "cpu")
+        matched: dict[str, Any] = {}
+        for mode, points in record["served"][model].items():
+            for point, figures in points.items():
+                batch = max(1, round(figures["average_batch"]))
+                feed = payload(model, batch)
+                cuda_rate = rate(cuda, feed, 2.0, bound=True)
+                matched[f"{mode}_{point}"] = {
+                    "batch": batch,
+                    "in_process_cuda_items_per_s": round(cuda_rate, 1),
+                    "served_items_per_s": figures["requests_per_s"],
+                    "ratio_served_to_in_process": round(figures["requests_per_s"] / cuda_rate, 2),
+                }
+        full = payload(model, max_batch[model])
+        in_process[model] = {
+            "matched_batch": matched,
+            f"cuda_batch_{max_batch[model]}_items_per_s": round(rate(cuda, full, 2.0, bound=True), 1),
+            f"cpu_provider_batch_{max_batch[model]}_items_per_s": round(rate(cpu, full, 2.0, bound=False), 1),
+        }
+    in_process["image_classifier"]["first_call_per_size"] = {
+        search: first_calls(args.repo / "image_classifier" / "1" / "model.onnx", "image_classifier", 16, search)
+        for search in ("EXHAUSTIVE", "HEURISTIC")
+    }
+    record["in_process"] = in_process
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
