@@ -36,10 +36,14 @@ venv: $(VENV_STAMP) ## create or refresh .venv: requirements.lock, or requiremen
 
 $(VENV_STAMP):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11+ is needed, $(PYTHON) is " + sys.version.split()[0] + "; run make with PYTHON=python3.11")'
-	@# A gpu environment sees the host's packages, a cpu one does not: switching runtimes starts afresh.
-	@if [ -f $(VENV)/pyvenv.cfg ] && [ "$$(grep -c 'include-system-site-packages = true' $(VENV)/pyvenv.cfg)" != "$(if $(filter gpu,$(RUNTIME)),1,0)" ]; then \
+	@if [ -x $(PY) ] && [ "$$(cat $(VENV)/.runtime 2>/dev/null || echo cpu)" != "$(RUNTIME)" ]; then \
 		echo "recreating $(VENV) for the $(RUNTIME) runtime"; rm -rf $(VENV); fi
-	@test -x $(PY) || $(PYTHON) -m venv $(if $(filter gpu,$(RUNTIME)),--system-site-packages) $(VENV)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo $(RUNTIME) > $(VENV)/.runtime
+	@# gpu: the host interpreter's packages (its CUDA PyTorch) come after the environment's own, so
+	@# they are reused rather than downloaded, whether they live in the system or in a venv.
+	$(if $(filter gpu,$(RUNTIME)),$(PYTHON) -c 'import site; print("\n".join(site.getsitepackages()))' \
+		> "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_host_packages.pth")
 	@echo "installing the $(RUNTIME) requirements ($(REQUIREMENTS)) into $(VENV) (the first time takes a few minutes)"
 	$(PY) -m pip install -qq --upgrade pip
 	$(PY) -m pip install -qq -r $(REQUIREMENTS)

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import torch  # noqa: F401  (loads the CUDA and cuDNN libraries onnxruntime-gpu's CUDA provider links against)
 import tritonclient.grpc as grpcclient
 import tritonclient.utils.shared_memory as shm
 from numpy.typing import NDArray

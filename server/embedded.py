@@ -33,6 +33,7 @@ __all__ = [
     "EmbeddedTriton",
     "ServerError",
     "TritonInstallation",
+    "cuda_library_dirs",
     "find_installation",
     "prepare_backends",
 ]
@@ -145,6 +146,18 @@ def prepare_backends(destination: Path, installation: TritonInstallation | None 
     return destination
 
 
+def cuda_library_dirs() -> list[str]:
+    """The library folders of the nvidia-* wheels on this interpreter's path (CUDA, cuBLAS, cuDNN:
+    what PyTorch's CUDA build brings), where onnxruntime-gpu's CUDA provider finds them inside the
+    stubs; none on a CPU host. The dynamic loader reads LD_LIBRARY_PATH only when a process starts."""
+    folders: list[str] = []
+    for entry in sys.path:
+        root = Path(entry or ".") / "nvidia"
+        if root.is_dir():
+            folders.extend(str(lib) for lib in sorted(root.glob("*/lib")) if lib.is_dir() and str(lib) not in folders)
+    return folders
+
+
 @dataclass
 class EmbeddedTriton:
     """A Triton server process serving `repository` on the given ports.
@@ -214,7 +227,7 @@ class EmbeddedTriton:
         prepare_backends(self.backend_dir, installation)
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            filter(None, [str(installation.libraries), env.get("LD_LIBRARY_PATH")])
+            filter(None, [str(installation.libraries), env.get("LD_LIBRARY_PATH"), *cuda_library_dirs()])
         )
         # The stub embeds libpython and finds its packages from the first python on PATH: ours.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])

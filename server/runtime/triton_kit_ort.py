@@ -73,11 +73,16 @@ class SessionPlan:
 
 
 def plan_session(
-    config: Mapping[str, Any], instance_kind: str, device_id: int, available: Sequence[str]
+    config: Mapping[str, Any],
+    instance_kind: str,
+    device_id: int,
+    available: Sequence[str],
+    unusable: Mapping[str, str] | None = None,
 ) -> SessionPlan:
     """The providers and session options for an instance of `config` (Triton's JSON form of
     config.pbtxt), of `instance_kind` (`model_instance_kind`: CPU or GPU) on `device_id`,
-    given the providers this onnxruntime offers.
+    given the providers this onnxruntime offers and why any it lists cannot run here
+    (`unusable`: onnxruntime-gpu lists TensorRT's provider whether TensorRT is installed or not).
 
     Raises:
         ConfigError: a value is not one the C++ backend accepts either, or a GPU instance meets an
@@ -103,14 +108,16 @@ def plan_session(
         if kind == "cuda":
             cuda.update(options)
         elif kind == "tensorrt":
-            if TENSORRT in available:
-                providers.append((TENSORRT, {"device_id": str(device_id), **_tensorrt_options(name, options)}))
+            tensorrt = {"device_id": str(device_id), **_tensorrt_options(name, options)}
+            reason = (unusable or {}).get(TENSORRT)
+            if TENSORRT in available and reason is None:
+                providers.append((TENSORRT, tensorrt))
             else:
+                why = reason or f"this onnxruntime offers only {', '.join(available)}"
                 notes.append(
-                    f"model '{name}': the tensorrt accelerator needs ONNX Runtime's TensorRT provider, which this "
-                    f"onnxruntime lacks (it offers {', '.join(available)}); running every node on the CUDA provider "
-                    "instead, without TensorRT (serve in the NGC image, or install TensorRT 10 with an onnxruntime-gpu "
-                    "built for it, to use it)"
+                    f"model '{name}': the tensorrt accelerator needs ONNX Runtime's TensorRT provider, which cannot run "
+                    f"here ({why}); running every node on the CUDA provider instead, without TensorRT (serve in the "
+                    "NGC image, or install TensorRT 10 beside onnxruntime-gpu, to use it)"
                 )
         else:
             raise ConfigError(

@@ -102,6 +102,20 @@ def test_int8_precision_enables_int8_in_the_tensorrt_provider() -> None:
     assert plan.providers[0] == (TENSORRT, {"device_id": "0", "trt_int8_enable": "1", "trt_timing_cache_enable": "1"})
 
 
+def test_a_listed_tensorrt_provider_without_tensorrt_falls_back_saying_why() -> None:
+    classifier = load_spec(ROOT / "models.yaml").model("image_classifier")
+    plan = plan_session(
+        as_triton_json(render_config(classifier, "models.yaml", "gpu")),
+        "GPU",
+        0,
+        GPU_ORT,
+        {TENSORRT: "TensorRT 10 is not installed: libnvinfer.so.10: cannot open shared object file"},
+    )
+    assert plan.provider_names == [CUDA, CPU]
+    (note,) = plan.notes
+    assert "cannot run here (TensorRT 10 is not installed: libnvinfer.so.10" in note
+
+
 def test_a_gpu_instance_with_a_cpu_only_onnxruntime_is_refused_with_what_to_install() -> None:
     with pytest.raises(ConfigError, match="onnxruntime-gpu") as caught:
         plan_session(config(), "GPU", 0, CPU_ORT)

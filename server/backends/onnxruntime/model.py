@@ -14,6 +14,7 @@ inside Triton's Python stub, so it imports nothing from the kit.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import sys
@@ -26,7 +27,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from triton_kit_batching import execute_batched
-from triton_kit_ort import CPU, CUDA, ConfigError, SessionPlan, plan_session
+from triton_kit_ort import CPU, CUDA, TENSORRT, ConfigError, SessionPlan, plan_session
 
 # ONNX Runtime's element types in Triton's names, to compare the model with its config.
 _ORT_TYPES = {
@@ -63,6 +64,7 @@ class TritonPythonModel:
                 args.get("model_instance_kind", "CPU"),
                 int(args.get("model_instance_device_id", 0)),
                 ort.get_available_providers(),
+                _unusable_providers(),
             )
         except ConfigError as exc:
             raise pb_utils.TritonModelException(str(exc)) from None
@@ -94,6 +96,19 @@ class TritonPythonModel:
             binding.bind_output(output_name, "cpu")
         self.session.run_with_iobinding(binding)
         return dict(zip(self.output_names, binding.copy_outputs_to_cpu(), strict=True))
+
+
+def _unusable_providers() -> dict[str, str]:
+    """Providers onnxruntime lists that cannot run here, and why: onnxruntime-gpu lists TensorRT's
+    whether or not TensorRT itself is installed (then ONNX Runtime fails the session and retries
+    without it, after a long error)."""
+    if TENSORRT not in ort.get_available_providers():
+        return {}
+    try:
+        ctypes.CDLL("libnvinfer.so.10")
+    except OSError as exc:
+        return {TENSORRT: f"TensorRT 10 is not installed: {exc}"}
+    return {}
 
 
 def _session_options(plan: SessionPlan) -> ort.SessionOptions:
