@@ -1,7 +1,8 @@
 """`python -m deploy`: render the Kubernetes manifests, or check them and docker-compose.yml.
 
 python -m deploy k8s --target gpu --repository s3://bucket/model_repository > triton.yaml
-python -m deploy check      # compose file and both manifest variants against their schemas
+python -m deploy check      # compose file and both manifest variants against their schemas, and
+                            # the compose file interpolated as Compose does with no variable set
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Validation uses the schemas shipped in pinned packages, so it runs without a cluster, a Docker
 engine or a network: the Compose Specification's JSON schema (vendored by check-jsonschema) and
-the Kubernetes JSON schemas of the targeted version (kubernetes-validate).
+the Kubernetes JSON schemas of the targeted version (kubernetes-validate). The compose file is
+also interpolated the way Compose reads it (deploy/interpolate.py), which no schema can check.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+from deploy.interpolate import interpolation_problems
 from server.embedded import EXIT_TIMEOUT_S, server_flags
 
 __all__ = ["KUBERNETES_VERSION", "Manifests", "compose_problems", "manifest_problems", "render_manifests"]
@@ -99,7 +101,8 @@ def manifest_problems(documents: list[dict[str, Any]], version: str = KUBERNETES
 
 
 def compose_problems(path: Path = ROOT / "docker-compose.yml") -> list[str]:
-    """Where the compose file breaks the Compose Specification's schema."""
+    """Where the compose file breaks the Compose Specification's schema, or where Compose could
+    not interpolate it with no variable set (which stops `docker compose up` of every profile)."""
     schema_file = importlib.resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
     schema = json.loads(schema_file.read_text())
     document = yaml.safe_load(path.read_text())
@@ -108,10 +111,11 @@ def compose_problems(path: Path = ROOT / "docker-compose.yml") -> list[str]:
         if "2020-12" in schema.get("$schema", "")
         else jsonschema.Draft7Validator(schema)
     )
-    return [
+    schema_problems = [
         f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}"
         for error in _errors(validator, document)
     ]
+    return schema_problems + interpolation_problems(document)
 
 
 def _errors(validator: Any, document: Any) -> Iterator[Any]:

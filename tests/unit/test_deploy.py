@@ -1,20 +1,28 @@
 """docker-compose.yml and the Kubernetes manifests: valid against their schemas, safe by default,
-and started with the same server flags as the embedded server (CI has no Docker engine or cluster)."""
+and started with the same server flags as the embedded server (CI has no Docker engine or cluster;
+the Compose command line, where installed, reads the compose file as `docker compose up` would)."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from deploy.interpolate import interpolate
 from deploy.render import HPA_METRIC, compose_problems, manifest_problems, render_manifests
 from server.embedded import EXIT_TIMEOUT_S, EmbeddedTriton, find_installation, server_flags
 from tests.conftest import ROOT
 
+INSTALL = {"docker-compose": "Debian: apt-get install docker-compose", "docker compose": "the Docker CLI plugin"}
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 
@@ -58,12 +66,88 @@ def test_compose_triton_is_healthchecked_restarted_and_tuned() -> None:
 
 
 def test_compose_inlines_no_secret_and_scrapes_triton() -> None:
-    password = SERVICES["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
-    assert password.startswith("${GRAFANA_ADMIN_PASSWORD:?")  # required from the environment, never a default
+    # No default either: Compose's ${VAR:-} gives "" when unset, which Grafana's start-up check refuses.
+    assert SERVICES["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
     prometheus = yaml.safe_load((ROOT / "deploy/monitoring/prometheus.yml").read_text())
     assert "triton:8002" in prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
     assert {SERVICES[n]["profiles"][0] for n in ("prometheus", "grafana")} == {"monitoring"}
     assert {SERVICES[n]["profiles"][0] for n in ("locust-master", "locust-worker")} == {"loadtest"}
+
+
+def test_compose_interpolates_every_value_with_no_variable_set() -> None:
+    # Compose interpolates the whole file before it applies profiles: one failure stops them all.
+    services = interpolate(COMPOSE, {})["services"]
+    assert services["triton"]["ports"][0] == "127.0.0.1:8000:8000"
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == ""
+    assert json.loads(services["locust-master"]["environment"]["TRITON_LOADTEST_SETTINGS"])["steps"] == 3
+
+
+def test_the_compose_check_reports_a_required_variable_in_a_profiled_service(tmp_path: Path) -> None:
+    path = _with_a_required_variable_in_a_profile(tmp_path)
+    (problem,) = compose_problems(path)
+    assert problem.startswith("services/extra/environment/TOKEN: required variable TOKEN is unset: set TOKEN")
+    assert "stops `docker compose up` of every profile" in problem
+
+
+@pytest.mark.parametrize(
+    ("environ", "password"),
+    [({}, None), ({"GRAFANA_ADMIN_PASSWORD": ""}, None), ({"GRAFANA_ADMIN_PASSWORD": "s3"}, "s3")],
+)
+def test_grafana_starts_only_with_an_admin_password(
+    tmp_path: Path, environ: dict[str, str], password: str | None
+) -> None:
+    result = _start_grafana(interpolate(COMPOSE, environ)["services"]["grafana"], tmp_path)
+    if password is None:
+        assert result.returncode != 0 and result.stdout == ""
+        assert "GRAFANA_ADMIN_PASSWORD is unset or empty" in result.stderr
+        assert "GRAFANA_ADMIN_PASSWORD=... docker compose --profile monitoring up -d" in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"grafana /run.sh, admin password {password}\n"
+
+
+@pytest.mark.parametrize("cli", ["docker-compose", "docker compose"])
+@pytest.mark.parametrize("profile", [None, "cpu", "monitoring", "loadtest"])
+def test_compose_reads_the_file_with_no_variable_set(tmp_path: Path, cli: str, profile: str | None) -> None:
+    result = _compose(cli, tmp_path, ROOT / "docker-compose.yml", profile, "config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("cli", ["docker-compose", "docker compose"])
+def test_compose_stops_at_a_required_variable_in_a_profile_it_does_not_start(tmp_path: Path, cli: str) -> None:
+    # What the Python check above models: the profile "extra" is not selected, yet Compose refuses.
+    result = _compose(cli, tmp_path, _with_a_required_variable_in_a_profile(tmp_path), None, "config", "-q")
+    assert result.returncode != 0 and "set TOKEN" in result.stderr
+
+
+@pytest.mark.parametrize("cli", ["docker-compose", "docker compose"])
+def test_compose_renders_grafanas_start_up_check_as_the_python_interpolation_does(tmp_path: Path, cli: str) -> None:
+    result = _compose(cli, tmp_path, ROOT / "docker-compose.yml", "monitoring", "config")
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)["services"]["grafana"]
+    ours = interpolate(COMPOSE, {})["services"]["grafana"]
+    # `config` prints a compose file, so it may escape $ again as $$.
+    assert [arg.replace("$$", "$") for arg in rendered["entrypoint"]] == ours["entrypoint"]
+    assert rendered["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == ours["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+
+
+def test_the_readme_says_what_each_profile_needs_from_the_environment() -> None:
+    lines = (ROOT / "README.md").read_text().split("## Deploy", 1)[1].splitlines()
+    start = lines.index("| profile | required | optional (default) |") + 2
+    rows = {}
+    for row in itertools.takewhile(lambda line: line.startswith("|"), lines[start:]):
+        profile, required, optional = (cell.strip() for cell in row.strip("|").split("|"))
+        rows[profile] = (required, optional)
+    table = " ".join(" ".join(cells) for cells in rows.values())
+    read = {
+        name
+        for value in _string_values(COMPOSE)
+        for name in re.findall(r"\$\{?([_a-zA-Z][_a-zA-Z0-9]*)", value.replace("$$", ""))  # $$ is a literal $
+    }
+    assert read and {name for name in read if f"`{name}`" not in table} == set()
+    assert {profile: required for profile, (required, _) in rows.items() if required != "nothing"} == {
+        "`monitoring`: Prometheus, Grafana": "`GRAFANA_ADMIN_PASSWORD`"
+    }
 
 
 def test_the_grafana_dashboard_charts_tritons_metrics() -> None:
@@ -151,3 +235,59 @@ def test_a_repository_that_is_neither_s3_nor_a_volume_is_refused() -> None:
     )
     assert result.returncode == 2
     assert "give s3://bucket/path" in result.stderr and "pvc:<claim name>" in result.stderr
+
+
+def _with_a_required_variable_in_a_profile(tmp_path: Path) -> Path:
+    extra = {"image": "busybox:1.37", "profiles": ["extra"], "environment": {"TOKEN": "${TOKEN:?set TOKEN}"}}
+    path = tmp_path / "compose.yml"
+    path.write_text(yaml.safe_dump(dict(COMPOSE, services={**SERVICES, "extra": extra})))
+    return path
+
+
+def _start_grafana(grafana: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Grafana's entrypoint, interpolated, run by the local sh in its environment; the image's
+    /run.sh (which starts Grafana) is stood in for by a script that prints what it was given."""
+    shell, flag, script = grafana["entrypoint"]
+    assert (shell, flag) == ("sh", "-c") and script.endswith("; exec /run.sh")
+    run_sh = tmp_path / "run.sh"
+    run_sh.write_text('#!/bin/sh\necho "grafana /run.sh, admin password $GF_SECURITY_ADMIN_PASSWORD"\n')
+    run_sh.chmod(0o755)
+    return subprocess.run(
+        [shell, flag, script.replace("/run.sh", str(run_sh))],
+        env={"PATH": os.environ["PATH"], **grafana["environment"]},
+        capture_output=True,
+        text=True,
+    )
+
+
+def _compose(
+    cli: str, tmp_path: Path, path: Path, profile: str | None, *command: str
+) -> subprocess.CompletedProcess[str]:
+    """The Compose command line on `path` in an empty environment: no variable and no .env file."""
+    argv = cli.split()
+    if shutil.which(argv[0]) is None or subprocess.run([*argv, "version"], capture_output=True).returncode != 0:
+        pytest.skip(f"{cli} is not installed ({INSTALL[cli]}); the Python interpolation check runs without it")
+    empty_env_file = tmp_path / "empty.env"
+    empty_env_file.touch()
+    return subprocess.run(
+        [
+            *argv,
+            "--env-file",
+            str(empty_env_file),
+            "-f",
+            str(path),
+            *(["--profile", profile] if profile else []),
+            *command,
+        ],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+    )
+
+
+def _string_values(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        node = list(node.values())
+    if isinstance(node, list):
+        return [value for item in node for value in _string_values(item)]
+    return [node] if isinstance(node, str) else []
