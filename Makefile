@@ -47,17 +47,17 @@ $(VENV_STAMP):
 	@echo "installing the $(RUNTIME) requirements ($(REQUIREMENTS)) into $(VENV) (the first time takes a few minutes)"
 	$(PY) -m pip install -qq --upgrade pip
 	$(PY) -m pip install -qq -r $(REQUIREMENTS)
-	$(if $(filter gpu,$(RUNTIME)),$(PY) -m pip install -qq --no-deps nvidia-pytriton==0.7.0)
 	@rm -f $(VENV)/.deps-*
 	@touch $@
 
-# The other end of the supported ranges (requirements-gpu.txt): the lock with numpy 2 and the
-# oldest onnxruntime minor, as GPU hosts run them. nvidia-pytriton pins numpy<2 for Python code
-# the kit never imports, and matplotlib/cuda-core's pins follow numpy 1: installed without deps.
+# The other end of the supported ranges: the lock with numpy 2 and the oldest onnxruntime minor,
+# as GPU hosts carry them, for the builder and the unit tests. Serving needs numpy 1 (Triton
+# 2.51's Python backend predates 2; requirements-gpu.txt): here the server must refuse to load.
+# nvidia-pytriton's numpy<2 pin and matplotlib/cuda-core's follow that: installed without deps.
 COMPAT_VENV ?= .venv-compat
 COMPAT_PINS := numpy==2.4.6 onnxruntime==1.30.0 onnx==1.23.1
 COMPAT_NODEPS := nvidia-pytriton matplotlib cuda-core
-compat: ## build the examples and run the unit tests with numpy 2 and onnxruntime 1.30 (in .venv-compat)
+compat: ## build the examples and run the unit tests with numpy 2 and onnxruntime 1.30 (.venv-compat)
 	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
 	grep -v -E '^($(subst $(eval) ,|,$(foreach p,$(COMPAT_PINS) $(COMPAT_NODEPS) ml_dtypes contourpy,$(firstword $(subst ==, ,$(p))))))==' requirements.lock > $(COMPAT_VENV)/requirements.txt
 	printf '%s\n' $(COMPAT_PINS) >> $(COMPAT_VENV)/requirements.txt
@@ -65,7 +65,7 @@ compat: ## build the examples and run the unit tests with numpy 2 and onnxruntim
 	$(COMPAT_VENV)/bin/python -m pip install -qq --no-deps $(filter $(addsuffix ==%,$(COMPAT_NODEPS)),$(shell cat requirements.lock))
 	$(COMPAT_VENV)/bin/python -c 'import numpy, onnxruntime; print("compat: numpy", numpy.__version__, "onnxruntime", onnxruntime.__version__)'
 	rm -rf .compat && $(COMPAT_VENV)/bin/python -m builder build --spec $(SPEC) --repo .compat/model_repository --target cpu
-	$(COMPAT_VENV)/bin/python -m pytest tests/unit -q -p no:cacheprovider
+	$(COMPAT_VENV)/bin/python -m pytest tests/unit tests/integration/test_numpy_guard.py -q -p no:cacheprovider
 
 build-repo: venv ## build model_repository/ from models.yaml (TARGET=cpu|gpu, default: this machine's; FORCE=1 re-exports)
 	$(PY) -m builder build --spec $(SPEC) --repo $(REPO) --target $(TARGET) $(if $(FORCE),--force)

@@ -372,7 +372,7 @@ def main() -> None:
         cuda = session(path, "cuda")
         cpu = session(path, "cpu")
         matched: dict[str, Any] = {}
-        for mode, points in record["served"][model].items():
+        for mode, points in record["served"].get(model, {}).items():
             for point, figures in points.items():
                 batch = max(1, round(figures["average_batch"]))
                 feed = payload(model, batch)

@@ -20,6 +20,22 @@ import triton_python_backend_utils as pb_utils
 Run = Callable[[dict[str, np.ndarray[Any, Any]]], Mapping[str, np.ndarray[Any, Any]]]
 
 
+def require_numpy_1() -> None:
+    """Refuse to load under numpy 2: the Python backend stub of Triton 2.51 (the embedded server,
+    NGC 24.10) was built before numpy 2 and reads its arrays' item size wrongly, so every output
+    tensor would go back with its shape and no bytes, and every client would fail to decode it.
+
+    Raises:
+        pb_utils.TritonModelException: naming the numpy found and what to install.
+    """
+    if int(np.__version__.split(".")[0]) >= 2:
+        raise pb_utils.TritonModelException(
+            f"numpy {np.__version__} is installed where Triton's Python backend runs this model, and the "
+            "Python backend stub of Triton 2.51 predates numpy 2: its output tensors would come back empty. "
+            "Install numpy<2 in the serving environment (`make venv` does; nvidia-pytriton 0.7 requires it too)"
+        )
+
+
 def execute_batched(
     requests: Sequence[Any],
     input_names: Sequence[str],

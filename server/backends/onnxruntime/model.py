@@ -26,7 +26,7 @@ import triton_python_backend_utils as pb_utils
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from triton_kit_batching import execute_batched
+from triton_kit_batching import execute_batched, require_numpy_1
 from triton_kit_ort import CPU, CUDA, TENSORRT, ConfigError, SessionPlan, plan_session
 
 # ONNX Runtime's element types in Triton's names, to compare the model with its config.
@@ -51,6 +51,7 @@ class TritonPythonModel:
     """One instance of a model served from `<model_dir>/<version>/model.onnx`."""
 
     def initialize(self, args: dict[str, str]) -> None:
+        require_numpy_1()
         config = json.loads(args["model_config"])
         self.batching = int(config.get("max_batch_size", 0)) > 0
         self.input_names = [tensor["name"] for tensor in config["input"]]
