@@ -99,7 +99,7 @@ def test_feature_configs_equal_their_golden_files(name: str, target: str, write_
 
 # The example variants; a TensorRT plan only renders for the gpu target.
 VARIANTS = {
-    "image_classifier_int8": ("cpu", "gpu"),
+    "image_classifier_int8": ("cpu",),
     "image_classifier_fp16": ("gpu",),
     "image_classifier_trt_fp16": ("gpu",),
     "text_encoder_int8": ("cpu", "gpu"),
