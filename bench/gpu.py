@@ -13,7 +13,9 @@ On a GPU host (`make build-repo` builds for the gpu target there). It measures:
 - every batch size 1..max_batch_size served alone, to show no size collapses (each first
   formed size would otherwise stall while the CUDA provider tunes kernels), and in-process the
   cost of a size's first call, with exhaustive and heuristic convolution search;
-- the CPU provider on the same host, as the baseline.
+- the CPU provider on the same host, as the baseline;
+- the served figures at 1 and 2 GPU instances per model (`--instances`), and in-process the
+  input's memory (heap, POSIX shared memory as the Python backend hands it over, pinned).
 
 Results go to bench/results/gpu.json with the device, driver and stack versions.
 """
@@ -26,6 +28,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-import torch  # noqa: F401  (loads the CUDA and cuDNN libraries onnxruntime-gpu's CUDA provider links against)
+import torch  # also loads the CUDA and cuDNN libraries onnxruntime-gpu's CUDA provider links against
 import tritonclient.grpc as grpcclient
 import tritonclient.utils.shared_memory as shm
 from numpy.typing import NDArray
@@ -251,27 +254,67 @@ def sweep_served(server: EmbeddedTriton, model: str, max_batch: int, calls: int)
 
 
 def _flag_collapse(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mark each size whose rate is under half its neighbours' mean (the collapse the warmup prevents)."""
+    """Each size's request latency over its neighbours' mean: a collapse (an execution stalled by
+    the provider's per-shape tuning) stands out as several times its neighbours."""
     for index, row in enumerate(rows):
-        neighbours = [rows[j]["items_per_s"] for j in (index - 1, index + 1) if 0 <= j < len(rows)]
-        row["ratio_to_neighbours"] = round(row["items_per_s"] / statistics.mean(neighbours), 2)
+        neighbours = [rows[j]["request_ms"] for j in (index - 1, index + 1) if 0 <= j < len(rows)]
+        row["latency_to_neighbours"] = round(row["request_ms"] / statistics.mean(neighbours), 2)
     return rows
 
 
 # --- in-process ONNX Runtime ---------------------------------------------------------------------
 
 
-def session(path: Path, provider: str, **cuda: str) -> ort.InferenceSession:
+def session(repo: Path, model: str, provider: str, threads: int | None = None, **cuda: str) -> ort.InferenceSession:
+    """A session with the providers and options the backend derives from the model's config."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from server.runtime.triton_kit_ort import plan_session
+
+    text = (repo / model / "config.pbtxt").read_text()
+    config = json_format.MessageToDict(
+        text_format.Parse(text, model_config_pb2.ModelConfig()), preserving_proto_field_name=True
+    )
+    kind = "GPU" if provider == "cuda" else "CPU"
+    plan = plan_session(config, kind, 0, ["CUDAExecutionProvider", "CPUExecutionProvider"])
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    if provider == "cuda":
-        return ort.InferenceSession(
-            str(path),
-            options,
-            providers=[("CUDAExecutionProvider", {"device_id": "0", **cuda}), "CPUExecutionProvider"],
-        )
-    options.intra_op_num_threads = len(os.sched_getaffinity(0))
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for attribute, value in plan.session_options.items():
+        setattr(options, attribute, value)
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    providers = [(name, {**opts, **cuda} if name == "CUDAExecutionProvider" else opts) for name, opts in plan.providers]
+    return ort.InferenceSession(str(repo / model / "1" / "model.onnx"), options, providers=providers)
+
+
+def data_path(repo: Path) -> dict[str, Any]:
+    """Where a GPU instance's time goes before the GPU: the same call with the input in heap,
+    in POSIX shared memory (as Triton's Python backend hands it over) or in pinned memory, and
+    with the config's 2 CPU threads or ONNX Runtime's default."""
+    import mmap
+
+    results: dict[str, Any] = {}
+    for threads in (2, None):
+        sess = session(repo, "image_classifier", "cuda", threads=threads)
+        for batch in (1, 16):
+            heap = payload("image_classifier", batch)["image"]
+            with open(f"/dev/shm/bench_{os.getpid()}", "w+b") as handle:
+                handle.truncate(heap.nbytes)
+                mapped = mmap.mmap(handle.fileno(), heap.nbytes)
+                shared = np.frombuffer(mapped, dtype=np.float32).reshape(heap.shape)
+                shared[...] = heap
+                pinned = torch.empty(heap.nbytes, dtype=torch.uint8, pin_memory=True).numpy().view(np.float32)
+                pinned = pinned.reshape(heap.shape)
+                pinned[...] = heap
+                for label, array in (("heap", heap), ("posix_shm", shared), ("pinned", pinned)):
+                    key = f"threads_{threads or 'default'}_batch_{batch}_{label}"
+                    results[key] = round(rate(sess, {"image": array}, 1.0, bound=True), 1)
+                del shared
+                mapped.close()
+            os.unlink(f"/dev/shm/bench_{os.getpid()}")
+    print(f"data path: {results}", flush=True)
+    return results
 
 
 def run_bound(sess: ort.InferenceSession, feed: dict[str, NDArray[Any]]) -> None:
@@ -296,9 +339,9 @@ def rate(sess: ort.InferenceSession, feed: dict[str, NDArray[Any]], seconds: flo
     return len(next(iter(feed.values()))) * calls / (time.perf_counter() - started)
 
 
-def first_calls(path: Path, model: str, max_batch: int, search: str) -> list[dict[str, Any]]:
+def first_calls(repo: Path, model: str, max_batch: int, search: str) -> list[dict[str, Any]]:
     """A fresh session's first and steady call at each size, in the order a batcher meets them."""
-    sess = session(path, "cuda", cudnn_conv_algo_search=search)
+    sess = session(repo, model, "cuda", cudnn_conv_algo_search=search)
     rows = []
     for size in range(1, max_batch + 1):
         feed = payload(model, size)
@@ -308,6 +351,18 @@ def first_calls(path: Path, model: str, max_batch: int, search: str) -> list[dic
         steady = rate(sess, feed, 0.3, bound=True)
         rows.append({"batch": size, "first_call_ms": round(first * 1000, 2), "steady_items_per_s": round(steady, 1)})
     return rows
+
+
+def with_instances(repo: Path, scratch: Path, count: int) -> Path:
+    """A copy of the repository's two example models with `count` GPU instances each."""
+    for model in MODELS:
+        target = scratch / model
+        shutil.copytree(repo / model, target, dirs_exist_ok=True)
+        config = (target / "config.pbtxt").read_text()
+        (target / "config.pbtxt").write_text(
+            config.replace("  kind: KIND_GPU\n  count: 1\n", f"  kind: KIND_GPU\n  count: {count}\n")
+        )
+    return scratch
 
 
 def environment() -> dict[str, Any]:
@@ -336,6 +391,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="per served load point")
     parser.add_argument("--processes", type=int, default=max(2, len(os.sched_getaffinity(0)) // 2))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu.json")
+    parser.add_argument(
+        "--instances",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 2],
+        help="GPU instance counts to serve with, each in its own server (default 1,2)",
+    )
     args = parser.parse_args()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         sys.exit(f"error: onnxruntime {ort.__version__} has no CUDA provider; run on a GPU host after `make venv`")
@@ -347,42 +408,50 @@ def main() -> None:
     record: dict[str, Any] = {"benchmark": "gpu", "date": time.strftime("%Y-%m-%d %H:%M"), **environment()}
     print(json.dumps(record, indent=2), flush=True)
 
+    record["in_process_data_path_images_per_s"] = data_path(args.repo)
+    record["served"] = {}
     log = args.out.with_suffix(".server.log")
-    server = EmbeddedTriton(
-        args.repo,
-        ROOT / ".triton" / "bench-backends",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_file=log,
-    )
-    started = time.perf_counter()
-    server.start(timeout_s=600)
-    record["server_ready_s"] = round(time.perf_counter() - started, 1)
-    try:
-        record["backend_log"] = [line for line in log.read_text().splitlines() if "ONNX Runtime" in line][-8:]
-        record["served"] = served(server, args.seconds, args.processes)
-        record["served_sweep"] = {m: sweep_served(server, m, max_batch[m], 20) for m in MODELS}
-    finally:
-        server.stop()
+    log.unlink(missing_ok=True)
+    for count in args.instances:
+        scratch = with_instances(args.repo, ROOT / ".triton" / f"bench-repo-{count}", count)
+        server = EmbeddedTriton(
+            scratch,
+            ROOT / ".triton" / "bench-backends",
+            http_port=free_port(),
+            grpc_port=free_port(),
+            metrics_port=free_port(),
+            log_file=log,
+        )
+        started = time.perf_counter()
+        server.start(timeout_s=600)
+        label = f"instances_{count}"
+        record.setdefault("server_ready_s", {})[label] = round(time.perf_counter() - started, 1)
+        try:
+            record.setdefault("backend_log", []).extend(
+                line for line in log.read_text().splitlines()[-200:] if "ONNX Runtime" in line
+            )
+            record["served"][label] = served(server, args.seconds, args.processes)
+            if count == args.instances[0]:
+                record["served_sweep"] = {m: sweep_served(server, m, max_batch[m], 20) for m in MODELS}
+        finally:
+            server.stop()
 
     in_process: dict[str, Any] = {}
     for model in MODELS:
-        path = args.repo / model / "1" / "model.onnx"
-        cuda = session(path, "cuda")
-        cpu = session(path, "cpu")
+        cuda = session(args.repo, model, "cuda")
+        cpu = session(args.repo, model, "cpu", threads=len(os.sched_getaffinity(0)))
         matched: dict[str, Any] = {}
-        for mode, points in record["served"].get(model, {}).items():
-            for point, figures in points.items():
-                batch = max(1, round(figures["average_batch"]))
-                feed = payload(model, batch)
-                cuda_rate = rate(cuda, feed, 2.0, bound=True)
-                matched[f"{mode}_{point}"] = {
-                    "batch": batch,
-                    "in_process_cuda_items_per_s": round(cuda_rate, 1),
-                    "served_items_per_s": figures["requests_per_s"],
-                    "ratio_served_to_in_process": round(figures["requests_per_s"] / cuda_rate, 2),
-                }
+        for label, models in record["served"].items():
+            for mode, points in models.get(model, {}).items():
+                for point, figures in points.items():
+                    batch = max(1, round(figures["average_batch"]))
+                    cuda_rate = rate(cuda, payload(model, batch), 1.5, bound=True)
+                    matched[f"{label}_{mode}_{point}"] = {
+                        "batch": batch,
+                        "in_process_cuda_items_per_s": round(cuda_rate, 1),
+                        "served_items_per_s": figures["requests_per_s"],
+                        "ratio_served_to_in_process": round(figures["requests_per_s"] / cuda_rate, 2),
+                    }
         full = payload(model, max_batch[model])
         in_process[model] = {
             "matched_batch": matched,
@@ -390,8 +459,7 @@ def main() -> None:
             f"cpu_provider_batch_{max_batch[model]}_items_per_s": round(rate(cpu, full, 2.0, bound=False), 1),
         }
     in_process["image_classifier"]["first_call_per_size"] = {
-        search: first_calls(args.repo / "image_classifier" / "1" / "model.onnx", "image_classifier", 16, search)
-        for search in ("EXHAUSTIVE", "HEURISTIC")
+        search: first_calls(args.repo, "image_classifier", 16, search) for search in ("EXHAUSTIVE", "HEURISTIC")
     }
     record["in_process"] = in_process
     args.out.parent.mkdir(parents=True, exist_ok=True)

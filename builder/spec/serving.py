@@ -118,7 +118,8 @@ class GpuOptions(Strict):
 
     `tensorrt` puts ORT's TensorRT provider in front of the CUDA provider (the precision, workspace
     and engine cache below are its options); `cuda` holds CUDA provider options, rendered as the
-    `cuda` accelerator's parameters (for instance `cudnn_conv_algo_search: HEURISTIC`).
+    `cuda` accelerator's parameters (for instance `cudnn_conv_algo_search: HEURISTIC`). TF32 is
+    off unless `cuda: {use_tf32: 1}` asks for it: it is a reduced precision, like FP16.
     """
 
     accelerator: Literal["none", "cuda", "tensorrt"] = "none"

@@ -18,6 +18,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 Run = Callable[[dict[str, np.ndarray[Any, Any]]], Mapping[str, np.ndarray[Any, Any]]]
+Allocate = Callable[[str, tuple[int, ...], np.dtype[Any]], np.ndarray[Any, Any]]
+"""Where a batch's input is assembled: (input name, shape, dtype) -> an array to fill."""
 
 
 def require_numpy_1() -> None:
@@ -44,8 +46,13 @@ def execute_batched(
     *,
     batching: bool,
     invalid: tuple[type[BaseException], ...] = (ValueError,),
+    allocate: Allocate | None = None,
 ) -> list[Any]:
-    """One response per request, in order (Triton requires exactly that)."""
+    """One response per request, in order (Triton requires exactly that).
+
+    With `allocate`, each batched input is assembled in the array it returns (a GPU instance's
+    pinned host buffer, say) rather than in a new one: the one host copy a batch needs anyway.
+    """
     responses: list[Any] = [None] * len(requests)
     feeds: list[dict[str, np.ndarray[Any, Any]]] = []
     groups: dict[tuple[Any, ...], list[int]] = {}
@@ -59,7 +66,7 @@ def execute_batched(
         key = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(arrays.items())) if batching else (index,)
         groups.setdefault(key, []).append(index)
     for members in groups.values():
-        _run_group(requests, feeds, members, output_names, run, batching, invalid, responses)
+        _run_group(requests, feeds, members, output_names, run, batching, invalid, responses, allocate)
     return responses
 
 
@@ -72,11 +79,9 @@ def _run_group(
     batching: bool,
     invalid: tuple[type[BaseException], ...],
     responses: list[Any],
+    allocate: Allocate | None = None,
 ) -> None:
-    if len(members) == 1:
-        batch = feeds[members[0]]
-    else:
-        batch = {name: np.concatenate([feeds[i][name] for i in members]) for name in feeds[members[0]]}
+    batch = {name: _assemble([feeds[i][name] for i in members], name, allocate) for name in feeds[members[0]]}
     try:
         results = run(batch)
         missing = [name for name in output_names if name not in results]
@@ -85,7 +90,7 @@ def _run_group(
     except invalid as exc:
         if len(members) > 1:  # find the request(s) at fault; the others still get their answer
             for index in members:
-                _run_group(requests, feeds, [index], output_names, run, batching, invalid, responses)
+                _run_group(requests, feeds, [index], output_names, run, batching, invalid, responses, allocate)
             return
         responses[members[0]] = _error(f"invalid input: {exc}", pb_utils.TritonError.INVALID_ARG)
         return
@@ -105,6 +110,18 @@ def _run_group(
                 tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(part)))
         responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
         offset += size
+
+
+def _assemble(parts: list[np.ndarray[Any, Any]], name: str, allocate: Allocate | None) -> np.ndarray[Any, Any]:
+    if allocate is None or parts[0].dtype == object:
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    shape = (sum(len(p) for p in parts), *parts[0].shape[1:]) if len(parts) > 1 else parts[0].shape
+    out = allocate(name, shape, parts[0].dtype)
+    if len(parts) == 1:
+        np.copyto(out, parts[0])
+    else:
+        np.concatenate(parts, out=out)
+    return out
 
 
 def _error(message: str, code: Any) -> Any:

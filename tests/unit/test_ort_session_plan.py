@@ -87,6 +87,7 @@ def test_cuda_accelerator_options_and_the_legacy_parameters_reach_the_cuda_provi
             "arena_extend_strategy": "kSameAsRequested",
             "gpu_mem_limit": "1000000",
             "cudnn_conv_use_max_workspace": "0",
+            "use_tf32": "0",
         },
     )
 

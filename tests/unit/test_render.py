@@ -129,7 +129,8 @@ def test_the_gpu_target_runs_on_gpus_with_accelerators_and_warmup(write_spec) ->
     assert [g.kind for g in gpu.instance_group] == [pb.ModelInstanceGroup.KIND_GPU, pb.ModelInstanceGroup.KIND_CPU]
     assert [g.kind for g in cpu.instance_group] == [pb.ModelInstanceGroup.KIND_CPU, pb.ModelInstanceGroup.KIND_CPU]
     assert list(gpu.instance_group[0].gpus) == [0, 1] and not cpu.instance_group[0].gpus
-    (accelerator,) = gpu.optimization.execution_accelerators.gpu_execution_accelerator
+    accelerator, cuda = gpu.optimization.execution_accelerators.gpu_execution_accelerator
+    assert cuda.name == "cuda" and cuda.parameters["use_tf32"] == "0"
     assert accelerator.name == "tensorrt" and accelerator.parameters["trt_engine_cache_path"] == "/cache/trt"
     assert not cpu.optimization.execution_accelerators.gpu_execution_accelerator
     # Threads bound both targets: on a GPU host ONNX Runtime would otherwise spin one per core.
@@ -166,7 +167,12 @@ def test_cuda_provider_options_render_as_the_cuda_accelerator(write_spec) -> Non
     gpu = text_format.Parse(render_config(model, "models.yaml", "gpu"), pb.ModelConfig())
     tensorrt, cuda = gpu.optimization.execution_accelerators.gpu_execution_accelerator
     assert (tensorrt.name, cuda.name) == ("tensorrt", "cuda")
-    assert dict(cuda.parameters) == {"cudnn_conv_algo_search": "HEURISTIC"}
+    assert dict(cuda.parameters) == {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}  # FP32 stays FP32
+    opted_in = load_spec(write_spec(linear_model("tf32", gpu={"cuda": {"use_tf32": 1}}))).models[0]
+    (cuda,) = text_format.Parse(
+        render_config(opted_in, "models.yaml", "gpu"), pb.ModelConfig()
+    ).optimization.execution_accelerators.gpu_execution_accelerator
+    assert dict(cuda.parameters) == {"use_tf32": "1"}
 
 
 def test_max_batch_size_zero_is_written_out(write_spec) -> None:
