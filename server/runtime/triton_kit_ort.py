@@ -35,9 +35,13 @@ _SESSION_PARAMETERS: dict[str, tuple[str, str]] = {
     "enable_mem_pattern": ("enable_mem_pattern", "bool"),
 }
 
-# The CUDA provider keys the C++ backend reads from `parameters` (deprecated there, still honoured).
-_CUDNN_SEARCH = {"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"}
-_ARENA_STRATEGY = {"0": "kNextPowerOfTwo", "1": "kSameAsRequested"}
+# The CUDA provider keys the C++ backend reads from `parameters` (deprecated there, still
+# honoured): numbered choices in ONNX Runtime's names, and values passed as they are.
+_CUDA_CHOICES = {
+    "cudnn_conv_algo_search": {"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"},
+    "arena_extend_strategy": {"0": "kNextPowerOfTwo", "1": "kSameAsRequested"},
+}
+_CUDA_PASSED = ("gpu_mem_limit", "do_copy_in_default_stream")
 
 # TensorRT accelerator keys in the C++ backend's spelling -> ORT TensorRT provider options.
 _TENSORRT_RENAMED = {
@@ -152,25 +156,15 @@ def _session_options(model: str, parameters: Mapping[str, str]) -> dict[str, Any
 
 def _cuda_parameters(model: str, parameters: Mapping[str, str]) -> dict[str, str]:
     options: dict[str, str] = {}
-    if "cudnn_conv_algo_search" in parameters:
-        value = parameters["cudnn_conv_algo_search"]
-        if value not in _CUDNN_SEARCH:
-            raise ConfigError(
-                f"model '{model}': parameter cudnn_conv_algo_search is '{value}'; it must be 0 (exhaustive), "
-                "1 (heuristic) or 2 (default)"
-            )
-        options["cudnn_conv_algo_search"] = _CUDNN_SEARCH[value]
-    if "arena_extend_strategy" in parameters:
-        value = parameters["arena_extend_strategy"]
-        if value not in _ARENA_STRATEGY:
-            raise ConfigError(
-                f"model '{model}': parameter arena_extend_strategy is '{value}'; it must be 0 (next power of two) "
-                "or 1 (same as requested)"
-            )
-        options["arena_extend_strategy"] = _ARENA_STRATEGY[value]
-    for key in ("gpu_mem_limit", "do_copy_in_default_stream"):
-        if key in parameters:
-            options[key] = parameters[key]
+    for key, choices in _CUDA_CHOICES.items():
+        if key not in parameters:
+            continue
+        value = parameters[key]
+        if value not in choices:
+            allowed = ", ".join(f"{number} ({name})" for number, name in choices.items())
+            raise ConfigError(f"model '{model}': parameter {key} is '{value}'; it must be one of {allowed}")
+        options[key] = choices[value]
+    options.update({key: parameters[key] for key in _CUDA_PASSED if key in parameters})
     return options
 
 
