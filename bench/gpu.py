@@ -14,8 +14,9 @@ On a GPU host (`make build-repo` builds for the gpu target there). It measures:
   formed size would otherwise stall while the CUDA provider tunes kernels), and in-process the
   cost of a size's first call, with exhaustive and heuristic convolution search;
 - the CPU provider on the same host, as the baseline;
-- the served figures at 1 and 2 GPU instances per model (`--instances`), and in-process the
-  input's memory (heap, POSIX shared memory as the Python backend hands it over, pinned).
+- the served figures at 1 and 2 GPU instances per model (`--instances`), and with every batch
+  padded to max_batch_size (`--padded`), and in-process the input's memory (heap, POSIX shared
+  memory as the Python backend hands it over, pinned).
 
 Results go to bench/results/gpu.json with the device, driver and stack versions.
 """
@@ -48,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from server import EmbeddedTriton  # noqa: E402
+from server.runtime.triton_kit_ort import PAD_PARAMETER  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 CONCURRENCY = (16, 64, 256)
@@ -353,15 +355,17 @@ def first_calls(repo: Path, model: str, max_batch: int, search: str) -> list[dic
     return rows
 
 
-def with_instances(repo: Path, scratch: Path, count: int) -> Path:
-    """A copy of the repository's two example models with `count` GPU instances each."""
+def with_instances(repo: Path, scratch: Path, count: int, padded: bool = False) -> Path:
+    """A copy of the repository's two example models with `count` GPU instances each, and with
+    every batch run at max_batch_size where `padded` (the spec's `gpu: {pad_batch: true}`)."""
     for model in MODELS:
         target = scratch / model
         shutil.copytree(repo / model, target, dirs_exist_ok=True)
         config = (target / "config.pbtxt").read_text()
-        (target / "config.pbtxt").write_text(
-            config.replace("  kind: KIND_GPU\n  count: 1\n", f"  kind: KIND_GPU\n  count: {count}\n")
-        )
+        config = config.replace("  kind: KIND_GPU\n  count: 1\n", f"  kind: KIND_GPU\n  count: {count}\n")
+        if padded:
+            config += f'parameters {{ key: "{PAD_PARAMETER}" value: {{ string_value: "true" }} }}\n'
+        (target / "config.pbtxt").write_text(config)
     return scratch
 
 
@@ -397,6 +401,12 @@ def main() -> None:
         default=[1, 2],
         help="GPU instance counts to serve with, each in its own server (default 1,2)",
     )
+    parser.add_argument(
+        "--padded",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also serve the first instance count with every batch padded to max_batch_size",
+    )
     args = parser.parse_args()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         sys.exit(f"error: onnxruntime {ort.__version__} has no CUDA provider; run on a GPU host after `make venv`")
@@ -412,8 +422,10 @@ def main() -> None:
     record["served"] = {}
     log = args.out.with_suffix(".server.log")
     log.unlink(missing_ok=True)
-    for count in args.instances:
-        scratch = with_instances(args.repo, ROOT / ".triton" / f"bench-repo-{count}", count)
+    setups = [(count, False) for count in args.instances] + [(args.instances[0], True)] * args.padded
+    for count, padded in setups:
+        label = f"instances_{count}" + ("_padded" if padded else "")
+        scratch = with_instances(args.repo, ROOT / ".triton" / f"bench-repo-{label}", count, padded)
         server = EmbeddedTriton(
             scratch,
             ROOT / ".triton" / "bench-backends",
@@ -424,7 +436,6 @@ def main() -> None:
         )
         started = time.perf_counter()
         server.start(timeout_s=600)
-        label = f"instances_{count}"
         record.setdefault("server_ready_s", {})[label] = round(time.perf_counter() - started, 1)
         try:
             record.setdefault("backend_log", []).extend(
@@ -432,7 +443,9 @@ def main() -> None:
             )
             record["served"][label] = served(server, args.seconds, args.processes)
             if count == args.instances[0]:
-                record["served_sweep"] = {m: sweep_served(server, m, max_batch[m], 20) for m in MODELS}
+                record.setdefault("served_sweep", {})[label] = {
+                    m: sweep_served(server, m, max_batch[m], 20) for m in MODELS
+                }
         finally:
             server.stop()
 

@@ -51,6 +51,8 @@ __all__ = [
 ]
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+PAD_PARAMETER = "pad_to_max_batch_size"
+"""The kit backend's own parameter (the C++ backend ignores it): pad every batch to the maximum."""
 CONFIG_TEMPLATE = "model_config.pbtxt.j2"
 PYTHON_MODEL_TEMPLATE = "python_model.py.j2"
 
@@ -188,6 +190,8 @@ def _scheduling(model: _Scheduled, target: Target, variant: VariantSpec | None) 
         parameters = {**model.cpu.model_dump(exclude_none=True), **parameters}
         if target == "gpu":
             accelerators.extend(_accelerators(model, variant))
+            if model.gpu.pad_batch:
+                parameters = {PAD_PARAMETER: "true", **parameters}
     warm = model.warmup.when == "always" or (model.warmup.when == "gpu" and target == "gpu")
     return {
         "dynamic_batching": None if model.batcher is None else _dynamic_batching(model.batcher),

@@ -127,6 +127,12 @@ class GpuOptions(Strict):
     max_workspace_size_bytes: Positive = 1 << 30
     engine_cache_path: str | None = None
     cuda: dict[str, str | int | bool] = Field(default_factory=dict)
+    pad_batch: bool = Field(
+        default=False,
+        description="run every batch at max_batch_size (zero rows added, their outputs dropped), so the "
+        "CUDA provider sees one input shape: measured on the H200, executions stalled for ~200 ms while "
+        "batch sizes varied under light load. Rendered as the kit backend's pad_to_max_batch_size",
+    )
 
 
 class CpuOptions(Strict):

@@ -8,7 +8,9 @@ same config.pbtxt Triton's C++ onnxruntime backend reads, with the same meaning:
 - a `KIND_GPU` instance runs on its own device (`model_instance_device_id`) with the CUDA provider;
 - `optimization.execution_accelerators.gpu_execution_accelerator`: `cuda` passes its parameters to
   the CUDA provider; `tensorrt` puts ORT's TensorRT provider first (the CUDA provider stays as the
-  fallback for the nodes TensorRT does not take), its parameters in the C++ backend's spelling.
+  fallback for the nodes TensorRT does not take), its parameters in the C++ backend's spelling;
+- and one key of the kit's own, which the C++ backend ignores: `pad_to_max_batch_size` runs every
+  batch at `max_batch_size`, so the CUDA provider meets a single input shape.
 
 Pure and free of Triton and ONNX Runtime imports, so the rules are unit-tested without either:
 a config goes in, a `SessionPlan` comes out. Copied next to the backend's model.py.
@@ -20,8 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CPU", "CUDA", "TENSORRT", "ConfigError", "SessionPlan", "plan_session"]
+__all__ = ["CPU", "CUDA", "PAD_PARAMETER", "TENSORRT", "ConfigError", "SessionPlan", "plan_session"]
 
+PAD_PARAMETER = "pad_to_max_batch_size"
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
@@ -70,6 +73,7 @@ class SessionPlan:
     device: str  # "cpu" or "cuda": where inputs are bound
     device_id: int = 0
     notes: list[str] = field(default_factory=list)  # what the server log says about the choice
+    pad_to: int = 0  # every batch runs at this size (zero rows added), or 0: as formed
 
     @property
     def provider_names(self) -> list[str]:
@@ -95,8 +99,9 @@ def plan_session(
     name = config.get("name", "?")
     parameters = {key: str(value.get("string_value", "")) for key, value in config.get("parameters", {}).items()}
     session_options = _session_options(name, parameters)
+    pad_to = _pad_to(config, parameters)
     if instance_kind.upper() not in ("GPU", "KIND_GPU"):
-        return SessionPlan(providers=[(CPU, {})], session_options=session_options, device="cpu")
+        return SessionPlan(providers=[(CPU, {})], session_options=session_options, device="cpu", pad_to=pad_to)
     if CUDA not in available:
         raise ConfigError(
             f"model '{name}': a KIND_GPU instance on GPU {device_id} needs ONNX Runtime's CUDA provider, and this "
@@ -130,7 +135,16 @@ def plan_session(
             )
     providers.append((CUDA, cuda))
     providers.append((CPU, {}))
-    return SessionPlan(providers, session_options, device="cuda", device_id=device_id, notes=notes)
+    return SessionPlan(providers, session_options, device="cuda", device_id=device_id, notes=notes, pad_to=pad_to)
+
+
+def _pad_to(config: Mapping[str, Any], parameters: Mapping[str, str]) -> int:
+    value = parameters.get(PAD_PARAMETER, "false").strip().lower()
+    if value not in ("true", "false"):
+        raise ConfigError(
+            f"model '{config.get('name', '?')}': parameter {PAD_PARAMETER} is '{value}'; it must be true or false"
+        )
+    return int(config.get("max_batch_size", 0)) if value == "true" else 0
 
 
 def _session_options(model: str, parameters: Mapping[str, str]) -> dict[str, Any]:

@@ -148,3 +148,16 @@ def test_a_gpu_instance_with_a_cpu_only_onnxruntime_is_refused_with_what_to_inst
 def test_values_the_cpp_backend_refuses_are_refused_naming_the_key(fields: dict[str, Any], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         plan_session(config(**fields), "GPU", 0, GPU_ORT)
+
+
+def test_padding_to_the_max_batch_size_is_read_and_checked(write_spec) -> None:
+    model = load_spec(write_spec(linear_model("padded", gpu={"pad_batch": True}))).models[0]
+    gpu = as_triton_json(render_config(model, "models.yaml", "gpu"))
+    assert gpu["parameters"]["pad_to_max_batch_size"] == {"string_value": "true"}
+    assert plan_session(gpu, "GPU", 0, GPU_ORT).pad_to == 8
+    assert "pad_to_max_batch_size" not in as_triton_json(render_config(model, "models.yaml", "cpu")).get(
+        "parameters", {}
+    )
+    assert plan_session(config(max_batch_size=8), "GPU", 0, GPU_ORT).pad_to == 0
+    with pytest.raises(ConfigError, match="pad_to_max_batch_size is 'yes'; it must be true or false"):
+        plan_session(config(parameters={"pad_to_max_batch_size": {"string_value": "yes"}}), "CPU", 0, GPU_ORT)

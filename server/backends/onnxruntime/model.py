@@ -74,6 +74,11 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(path, _session_options(plan), providers=plan.providers)
         self.on_gpu = _check_providers(plan, self.session.get_providers(), name, args["model_instance_name"])
         self.staging = PinnedStaging.create() if self.on_gpu else None
+        self.pad_to = plan.pad_to
+        if self.pad_to:
+            pb_utils.Logger.log_info(
+                f"model '{name}' instance {args['model_instance_name']}: every batch runs at {self.pad_to}"
+            )
         problems = _signature_problems(config, self.session, name)
         if problems:
             raise pb_utils.TritonModelException("; ".join(problems))
@@ -93,6 +98,22 @@ class TritonPythonModel:
         self.session = None
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        size = len(next(iter(feeds.values()))) if feeds else 0
+        if self.pad_to > size > 0:
+            feeds = {name: self._padded(name, array) for name, array in feeds.items()}
+            return {name: output[:size] for name, output in self._run_as_is(feeds).items()}
+        return self._run_as_is(feeds)
+
+    def _padded(self, name: str, array: np.ndarray) -> np.ndarray:
+        shape = (self.pad_to, *array.shape[1:])
+        padded = (
+            self.staging.array(f"{name} padded", shape, array.dtype) if self.staging else np.empty(shape, array.dtype)
+        )
+        padded[: len(array)] = array
+        padded[len(array) :] = 0
+        return padded
+
+    def _run_as_is(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self.on_gpu:
             return dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
         # Bound explicitly so each input crosses to the GPU once and each output comes back once,
