@@ -282,8 +282,8 @@ def session(repo: Path, model: str, provider: str, threads: int | None = None, *
     plan = plan_session(config, kind, 0, ["CUDAExecutionProvider", "CPUExecutionProvider"])
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    for attribute, value in plan.session_options.items():
-        setattr(options, attribute, value)
+    for attribute, value in plan.session_options.items():  # as the backend applies them
+        setattr(options, attribute, getattr(ort.ExecutionMode, value) if attribute == "execution_mode" else value)
     if threads is not None:
         options.intra_op_num_threads = threads
     providers = [(name, {**opts, **cuda} if name == "CUDAExecutionProvider" else opts) for name, opts in plan.providers]
