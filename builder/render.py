@@ -36,6 +36,7 @@ from builder.spec import (
 )
 from builder.spec.models import _Scheduled
 from builder.targets import Target
+from server.runtime.triton_kit_ort import PAD_PARAMETER  # the backend reads what the builder writes
 
 __all__ = [
     "CONFIG_TEMPLATE",
@@ -51,8 +52,6 @@ __all__ = [
 ]
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
-PAD_PARAMETER = "pad_to_max_batch_size"
-"""The kit backend's own parameter (the C++ backend ignores it): pad every batch to the maximum."""
 CONFIG_TEMPLATE = "model_config.pbtxt.j2"
 PYTHON_MODEL_TEMPLATE = "python_model.py.j2"
 
