@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from builder.pipeline import build_repository
 from server import EmbeddedTriton
@@ -18,6 +20,13 @@ def example_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("examples") / "model_repository"
     build_repository(ROOT / "models.yaml", repo, target="cpu", log=lambda _: None)
     return repo
+
+
+def build_entries(root: Path, *entries: dict[str, Any]) -> Path:
+    """A repository built for the cpu target from a spec of these model entries, under `root`."""
+    (root / "models.yaml").write_text(yaml.safe_dump({"models": list(entries)}))
+    build_repository(root / "models.yaml", root / "repo", target="cpu", log=lambda _: None)
+    return root / "repo"
 
 
 def make_server(repository: Path, workdir: Path) -> EmbeddedTriton:

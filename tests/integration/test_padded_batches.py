@@ -8,22 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from builder.pipeline import build_repository
 from builder.quantize import run_onnx
 from clients import TritonClient
 from tests.conftest import linear_model
-from tests.integration.conftest import make_server
+from tests.integration.conftest import build_entries, make_server
 
 pytestmark = [pytest.mark.server]
 
 
 def test_padded_batches_answer_each_request_with_its_own_rows(tmp_path: Path) -> None:
-    entry = linear_model(parameters={"pad_to_max_batch_size": "true"})
-    (tmp_path / "models.yaml").write_text(yaml.safe_dump({"models": [entry]}))
-    repo = tmp_path / "repo"
-    build_repository(tmp_path / "models.yaml", repo, target="cpu", log=lambda _: None)
+    repo = build_entries(tmp_path, linear_model(parameters={"pad_to_max_batch_size": "true"}))
     server = make_server(repo, tmp_path)
     server.start(timeout_s=240)
     try:

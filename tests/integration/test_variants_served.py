@@ -7,13 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from builder.pipeline import build_repository
 from builder.quantize import run_onnx
 from clients import TritonClient
 from tests.conftest import linear_model
-from tests.integration.conftest import make_server
+from tests.integration.conftest import build_entries, make_server
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -24,9 +22,7 @@ def test_fp16_and_int8_variants_are_served(tmp_path: Path) -> None:
         calibration={"data": "calibration.npy", "samples": 16, "holdout": 24},
         variants=[{"name": "linear_fp16", "precision": "fp16"}, {"name": "linear_int8", "precision": "int8"}],
     )
-    (tmp_path / "models.yaml").write_text(yaml.safe_dump({"models": [entry]}))
-    repo = tmp_path / "repo"
-    build_repository(tmp_path / "models.yaml", repo, target="cpu", log=lambda _: None)
+    repo = build_entries(tmp_path, entry)
     server = make_server(repo, tmp_path)
     server.start(timeout_s=240)
     try:
