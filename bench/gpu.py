@@ -14,9 +14,10 @@ On a GPU host (`make build-repo` builds for the gpu target there). It measures:
   formed size would otherwise stall while the CUDA provider tunes kernels), and in-process the
   cost of a size's first call, with exhaustive and heuristic convolution search;
 - the CPU provider on the same host, as the baseline;
-- the served figures at 1 and 2 GPU instances per model (`--instances`), and with every batch
-  padded to max_batch_size (`--padded`), and in-process the input's memory (heap, POSIX shared
-  memory as the Python backend hands it over, pinned).
+- the served figures at 1, 2 and 4 GPU instances per model (`--instances`), as built (the
+  image model's batches padded to max_batch_size, `gpu.pad_batch: auto`) and with no padding
+  (`--unpadded`); in-process, the cost of the input shape changing from call to call, and the
+  input's memory (heap, POSIX shared memory as the Python backend hands it over, pinned).
 
 Results go to bench/results/gpu.json with the device, driver and stack versions.
 """
@@ -28,6 +29,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -355,18 +357,43 @@ def first_calls(repo: Path, model: str, max_batch: int, search: str) -> list[dic
     return rows
 
 
-def with_instances(repo: Path, scratch: Path, count: int, padded: bool = False) -> Path:
-    """A copy of the repository's two example models with `count` GPU instances each, and with
-    every batch run at max_batch_size where `padded` (the spec's `gpu: {pad_batch: true}`)."""
+def with_instances(repo: Path, scratch: Path, count: int, padded: bool | None = None) -> Path:
+    """A copy of the repository's two example models with `count` GPU instances each; `padded`
+    True or False overrides the built choice (`gpu.pad_batch`) of running every batch at
+    max_batch_size, None keeps it."""
+    parameter = re.compile(rf'^parameters {{ key: "{PAD_PARAMETER}" .*\n', re.MULTILINE)
     for model in MODELS:
         target = scratch / model
         shutil.copytree(repo / model, target, dirs_exist_ok=True)
         config = (target / "config.pbtxt").read_text()
         config = config.replace("  kind: KIND_GPU\n  count: 1\n", f"  kind: KIND_GPU\n  count: {count}\n")
+        if padded is not None:
+            config = parameter.sub("", config)
         if padded:
             config += f'parameters {{ key: "{PAD_PARAMETER}" value: {{ string_value: "true" }} }}\n'
         (target / "config.pbtxt").write_text(config)
     return scratch
+
+
+def shape_changes(repo: Path, model: str, sizes: tuple[int, int], calls: int = 20) -> dict[str, float]:
+    """Milliseconds per call with one batch size throughout, and with two sizes taking turns (as a
+    dynamic batcher under light load forms them), both sizes warmed first: a provider that plans
+    per input shape and keeps one plan pays its planning again at every change."""
+    sess = session(repo, model, "cuda")
+    feeds = [payload(model, size) for size in sizes]
+    for feed in feeds:
+        for _ in range(3):
+            run_bound(sess, feed)
+
+    def per_call(order: list[dict[str, NDArray[Any]]]) -> float:
+        started = time.perf_counter()
+        for feed in order:
+            run_bound(sess, feed)
+        return round((time.perf_counter() - started) / len(order) * 1000, 2)
+
+    same = per_call([feeds[0]] * calls)
+    alternating = per_call([feeds[i % 2] for i in range(calls)])
+    return {"same_size_ms": same, "alternating_sizes_ms": alternating, "ratio": round(alternating / same, 1)}
 
 
 def environment() -> dict[str, Any]:
@@ -398,14 +425,14 @@ def main() -> None:
     parser.add_argument(
         "--instances",
         type=lambda text: [int(n) for n in text.split(",")],
-        default=[1, 2],
-        help="GPU instance counts to serve with, each in its own server (default 1,2)",
+        default=[1, 2, 4],
+        help="GPU instance counts to serve with, each in its own server (default 1,2,4)",
     )
     parser.add_argument(
-        "--padded",
+        "--unpadded",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also serve the first instance count with every batch padded to max_batch_size",
+        help="also serve the first instance count with no batch padded (gpu.pad_batch: false), beside the built choice",
     )
     args = parser.parse_args()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -422,9 +449,10 @@ def main() -> None:
     record["served"] = {}
     log = args.out.with_suffix(".server.log")
     log.unlink(missing_ok=True)
-    setups = [(count, False) for count in args.instances] + [(args.instances[0], True)] * args.padded
+    setups: list[tuple[int, bool | None]] = [(count, None) for count in args.instances]
+    setups += [(args.instances[0], False)] * args.unpadded
     for count, padded in setups:
-        label = f"instances_{count}" + ("_padded" if padded else "")
+        label = f"instances_{count}" + ("_unpadded" if padded is False else "")
         scratch = with_instances(args.repo, ROOT / ".triton" / f"bench-repo-{label}", count, padded)
         server = EmbeddedTriton(
             scratch,
@@ -471,6 +499,9 @@ def main() -> None:
             f"cuda_batch_{max_batch[model]}_items_per_s": round(rate(cuda, full, 2.0, bound=True), 1),
             f"cpu_provider_batch_{max_batch[model]}_items_per_s": round(rate(cpu, full, 2.0, bound=False), 1),
         }
+    for model, sizes in (("image_classifier", (5, 6)), ("text_encoder", (13, 14))):
+        in_process[model]["shape_changes"] = shape_changes(args.repo, model, sizes)
+        print(f"{model} shape changes: {in_process[model]['shape_changes']}", flush=True)
     in_process["image_classifier"]["first_call_per_size"] = {
         search: first_calls(args.repo, "image_classifier", 16, search) for search in ("EXHAUSTIVE", "HEURISTIC")
     }

@@ -80,15 +80,22 @@ _ENVIRONMENT = jinja2.Environment(
 
 
 def render_config(
-    model: AnyModelSpec, spec_file: str, target: Target = "cpu", variant: VariantSpec | None = None
+    model: AnyModelSpec,
+    spec_file: str,
+    target: Target = "cpu",
+    variant: VariantSpec | None = None,
+    *,
+    convolutional: bool = False,
 ) -> str:
     """Render and parse back the config of `model` (served as `variant`, if given) for
-    `target`; return the text to write.
+    `target`; return the text to write. `convolutional`: the served graph has convolutions
+    (see `pads_batches`).
 
     Raises:
         RenderError: the template failed, or its output is not a valid Triton ModelConfig.
     """
-    text = _render(CONFIG_TEMPLATE, config_view(model, spec_file, target, variant), model.name)
+    view = config_view(model, spec_file, target, variant, convolutional=convolutional)
+    text = _render(CONFIG_TEMPLATE, view, model.name)
     parse_config(text, f"model {model.name!r} rendered from template {TEMPLATES_DIR / CONFIG_TEMPLATE}")
     return text
 
@@ -138,7 +145,12 @@ def label_filename(output: OutputSpec) -> str | None:
 
 
 def config_view(
-    model: AnyModelSpec, spec_file: str, target: Target, variant: VariantSpec | None = None
+    model: AnyModelSpec,
+    spec_file: str,
+    target: Target,
+    variant: VariantSpec | None = None,
+    *,
+    convolutional: bool = False,
 ) -> dict[str, Any]:
     """Every value the template prints, already in Triton's spelling."""
     view: dict[str, Any] = {
@@ -177,11 +189,22 @@ def config_view(
         view["platform"] = FORMATS["onnx" if variant is None else variant.format].platform
     else:
         view["backend"] = "python"
-    view.update(_scheduling(model, target, variant))
+    view.update(_scheduling(model, target, variant, convolutional))
     return view
 
 
-def _scheduling(model: _Scheduled, target: Target, variant: VariantSpec | None) -> dict[str, Any]:
+def pads_batches(model: OnnxModelSpec, convolutional: bool) -> bool:
+    """Whether GPU instances run every batch at max_batch_size: as the spec says, or under 'auto'
+    where the graph has convolutions, which ONNX Runtime's CUDA provider re-plans with cuDNN each
+    time the input shape changes (a dynamic batcher changes it from one batch to the next)."""
+    if model.max_batch_size == 0:
+        return False
+    return convolutional if model.gpu.pad_batch == "auto" else model.gpu.pad_batch
+
+
+def _scheduling(
+    model: _Scheduled, target: Target, variant: VariantSpec | None, convolutional: bool = False
+) -> dict[str, Any]:
     parameters = dict(model.parameters)
     accelerators: list[dict[str, Any]] = []
     # ONNX Runtime's options; a TensorRT plan was tuned when it was built.
@@ -189,7 +212,7 @@ def _scheduling(model: _Scheduled, target: Target, variant: VariantSpec | None) 
         parameters = {**model.cpu.model_dump(exclude_none=True), **parameters}
         if target == "gpu":
             accelerators.extend(_accelerators(model, variant))
-            if model.gpu.pad_batch:
+            if pads_batches(model, convolutional):
                 parameters = {PAD_PARAMETER: "true", **parameters}
     warm = model.warmup.when == "always" or (model.warmup.when == "gpu" and target == "gpu")
     return {

@@ -17,6 +17,21 @@ def linear() -> nn.Module:
     return _seeded(nn.Linear, 4, 3)
 
 
+class ConvPool(nn.Module):
+    """[N, 1, 8, 8] -> [N, 2]: one convolution, averaged over the image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, kernel_size=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean(dim=(2, 3))
+
+
+def conv_pool() -> nn.Module:
+    return _seeded(ConvPool)
+
+
 class SumProduct(nn.Module):
     """Two inputs, two outputs: x + y and x * y."""
 

@@ -127,11 +127,13 @@ class GpuOptions(Strict):
     max_workspace_size_bytes: Positive = 1 << 30
     engine_cache_path: str | None = None
     cuda: dict[str, str | int | bool] = Field(default_factory=dict)
-    pad_batch: bool = Field(
-        default=False,
+    pad_batch: bool | Literal["auto"] = Field(
+        default="auto",
         description="run every batch at max_batch_size (zero rows added, their outputs dropped), so the "
-        "CUDA provider sees one input shape: measured on the H200, executions stalled for ~200 ms while "
-        "batch sizes varied under light load. Rendered as the kit backend's pad_to_max_batch_size",
+        "CUDA provider sees one input shape. ONNX Runtime's CUDA convolutions re-plan with cuDNN whenever "
+        "the input shape changes (measured on the H200: ~200 ms per execution while the batcher formed "
+        "varied sizes). 'auto' pads where the graph has Conv or ConvTranspose nodes. Rendered as the kit "
+        "backend's pad_to_max_batch_size",
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from builder.pipeline import build_repository
+from builder.targets import Target
 from server import EmbeddedTriton
 from tests.conftest import ROOT, free_port
 
@@ -22,10 +23,10 @@ def example_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
-def build_entries(root: Path, *entries: dict[str, Any]) -> Path:
-    """A repository built for the cpu target from a spec of these model entries, under `root`."""
+def build_entries(root: Path, *entries: dict[str, Any], target: Target = "cpu") -> Path:
+    """A repository built for `target` from a spec of these model entries, under `root`."""
     (root / "models.yaml").write_text(yaml.safe_dump({"models": list(entries)}))
-    build_repository(root / "models.yaml", root / "repo", target="cpu", log=lambda _: None)
+    build_repository(root / "models.yaml", root / "repo", target=target, log=lambda _: None)
     return root / "repo"
 
 
