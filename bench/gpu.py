@@ -366,7 +366,7 @@ def with_instances(repo: Path, scratch: Path, count: int, padded: bool | None = 
         target = scratch / model
         shutil.copytree(repo / model, target, dirs_exist_ok=True)
         config = (target / "config.pbtxt").read_text()
-        config = config.replace("  kind: KIND_GPU\n  count: 1\n", f"  kind: KIND_GPU\n  count: {count}\n")
+        config = re.sub(r"(  kind: KIND_GPU\n  count: )\d+\n", rf"\g<1>{count}\n", config)
         if padded is not None:
             config = parameter.sub("", config)
         if padded:

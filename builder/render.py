@@ -311,7 +311,7 @@ def _instance_group(group: InstanceGroup, model: _Scheduled, target: Target) -> 
     limiter = group.rate_limiter
     return {
         "kind": kind,
-        "count": group.count,
+        "count": group.gpu_count if target == "gpu" and group.gpu_count is not None else group.count,
         "gpus": _join(group.gpus) if kind != "KIND_CPU" else "",
         "rate_limiter": None
         if limiter is None

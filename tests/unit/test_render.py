@@ -272,3 +272,11 @@ def test_gpu_batches_are_padded_as_the_spec_or_the_graph_asks(
     cpu = text_format.Parse(render_config(model, "m.yaml", "cpu", convolutional=convolutional), pb.ModelConfig())
     assert ("pad_to_max_batch_size" in gpu.parameters) is expected
     assert "pad_to_max_batch_size" not in cpu.parameters
+
+
+def test_gpu_count_sets_the_instances_on_the_gpu_target_only(write_spec) -> None:
+    model = load_spec(write_spec(linear_model(instance_group=[{"count": 2, "gpu_count": 4}]))).models[0]
+    gpu = text_format.Parse(render_config(model, "m.yaml", "gpu"), pb.ModelConfig())
+    cpu = text_format.Parse(render_config(model, "m.yaml", "cpu"), pb.ModelConfig())
+    assert [(g.kind, g.count) for g in gpu.instance_group] == [(pb.ModelInstanceGroup.KIND_GPU, 4)]
+    assert [(g.kind, g.count) for g in cpu.instance_group] == [(pb.ModelInstanceGroup.KIND_CPU, 2)]
