@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import onnx
@@ -24,10 +25,11 @@ from builder.profiles import ShapeProfile, profile_problems
 from builder.render import FORMATS, parse_config
 from builder.signature import check_signature
 from builder.targets import Target
+from server.runtime.triton_kit_compiled import PACKAGE, PROGRAM
 
 __all__ = ["PlanTarget", "Problem", "check_repository"]
 
-_FILENAME_BY_PLATFORM = {info.platform: info.filename for info in FORMATS.values()}
+_FILENAME_BY_PLATFORM = {info.platform: info.filename for info in FORMATS.values() if info.platform}
 _FILENAME_BY_BACKEND = {"python": "model.py", "onnxruntime": "model.onnx"}
 
 
@@ -48,11 +50,13 @@ class Problem:
 
 @dataclass(frozen=True)
 class PlanTarget:
-    """The serving host plans must fit: its TensorRT version (e.g. 10.5, as in the Triton 24.10
-    image) and GPU compute capability (e.g. 9.0); None checks nothing for that field."""
+    """The serving host compiled engines must fit: its TensorRT version (e.g. 10.5, as in the
+    Triton 24.10 image) and GPU compute capability (e.g. 9.0), None checking nothing for that
+    field; and the torch serving AOTInductor packages (None: the one installed here)."""
 
     tensorrt_version: str | None = None
     compute_capability: str | None = None
+    torch_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,42 @@ def _model_files(model_dir: Path, config_path: Path, config: pb.ModelConfig, pla
             yield from _onnx_signature(config, config_path, model_file)
         elif filename.endswith(".plan"):
             yield from _plan_record(config, config_path, version, plans)
+        if (version / PACKAGE).exists() or (version / PROGRAM).exists():
+            yield from _package_record(version, plans)
+
+
+def _package_record(version: Path, plans: PlanTarget) -> Iterator[Problem]:
+    """An AOTInductor package loads only in the torch that compiled it, on its kind of device."""
+    record_path = version / BUILD_RECORD
+    compiled = read_record(version).get("compiled")
+    if not isinstance(compiled, dict):
+        yield Problem(
+            record_path,
+            "compiled",
+            "missing",
+            "a compiled package without a build record cannot be matched to a torch version or device",
+            "build it with make build-repo, which records them",
+        )
+        return
+    serving = plans.torch_version or package_version("torch")
+    if compiled.get("torch") != serving:
+        yield Problem(
+            record_path,
+            "compiled.torch",
+            str(compiled.get("torch")),
+            f"the package was compiled by torch {compiled.get('torch')}; torch {serving} serves it and would refuse it",
+            "rebuild it (make build-repo) with the serving torch",
+        )
+    capability = plans.compute_capability
+    if compiled.get("device") == "cuda" and capability is not None and compiled.get("compute_capability") != capability:
+        yield Problem(
+            record_path,
+            "compiled.compute_capability",
+            str(compiled.get("compute_capability")),
+            f"the package was compiled for a GPU of compute capability {compiled.get('compute_capability')} "
+            f"({compiled.get('gpu')}); the serving GPU has {capability}",
+            "rebuild it on a GPU of the serving host's kind",
+        )
 
 
 def _plan_record(config: pb.ModelConfig, config_path: Path, version: Path, plans: PlanTarget) -> Iterator[Problem]:

@@ -41,13 +41,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="flag TensorRT plans built with another TensorRT version (e.g. 10.5 for Triton 24.10)",
     )
     check.add_argument(
-        "--compute-capability", help="flag TensorRT plans built for another GPU (e.g. 9.0 for H100/H200)"
+        "--compute-capability",
+        help="flag TensorRT plans and compiled CUDA packages built for another GPU (e.g. 9.0 for H100/H200)",
+    )
+    check.add_argument(
+        "--torch-version",
+        help="flag compiled packages built by another torch (default: the torch installed here, which serves them)",
     )
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
             return _build(args.spec, args.repo, args.force, None if args.target == "auto" else args.target)
-        return _check(args.repo, args.target, PlanTarget(args.tensorrt_version, args.compute_capability))
+        return _check(
+            args.repo, args.target, PlanTarget(args.tensorrt_version, args.compute_capability, args.torch_version)
+        )
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ from builder.errors import ExportError
 from builder.samples import export_case, make_inputs
 from builder.spec import OnnxModelSpec
 
-__all__ = ["export_onnx"]
+__all__ = ["dynamic_axes", "export_onnx"]
 
 
 def export_onnx(module: nn.Module, model: OnnxModelSpec, path: Path) -> None:
@@ -34,7 +34,7 @@ def export_onnx(module: nn.Module, model: OnnxModelSpec, path: Path) -> None:
     case = export_case(model)
     example = make_inputs(model, case, np.random.default_rng(model.seed))
     args = tuple(torch.from_numpy(example[t.name]) for t in model.inputs)
-    dynamic_shapes = tuple(_dynamic_axes(model, i) for i in range(len(model.inputs)))
+    dynamic_shapes = tuple(dynamic_axes(model, i) for i in range(len(model.inputs)))
     log = io.StringIO()
     try:
         with _quiet(log):
@@ -57,7 +57,7 @@ def export_onnx(module: nn.Module, model: OnnxModelSpec, path: Path) -> None:
     program.save(str(path))
 
 
-def _dynamic_axes(model: OnnxModelSpec, index: int) -> dict[int, object]:
+def dynamic_axes(model: OnnxModelSpec, index: int) -> dict[int, object]:
     """Axes to export as symbolic; Dim.AUTO lets inputs sharing a length share one symbol."""
     tensor = model.inputs[index]
     offset = 0 if model.max_batch_size == 0 else 1

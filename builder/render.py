@@ -36,6 +36,7 @@ from builder.spec import (
 )
 from builder.spec.models import _Scheduled
 from builder.targets import Target
+from server.runtime.triton_kit_compiled import PACKAGE  # the runtime loads what the builder writes
 from server.runtime.triton_kit_ort import PAD_PARAMETER  # the backend reads what the builder writes
 
 __all__ = [
@@ -62,11 +63,14 @@ class FormatInfo:
 
     platform: str
     filename: str
+    backend: str = ""  # where no platform names the backend
 
 
 FORMATS = {
     "onnx": FormatInfo(platform="onnxruntime_onnx", filename="model.onnx"),
     "tensorrt": FormatInfo(platform="tensorrt_plan", filename="model.plan"),
+    # An AOTInductor package, served by the runtime the builder copies beside it as model.py.
+    "torch_compiled": FormatInfo(platform="", filename=PACKAGE, backend="python"),
 }
 
 _ENVIRONMENT = jinja2.Environment(
@@ -186,7 +190,8 @@ def config_view(
         ]
         return view
     if isinstance(model, OnnxModelSpec):
-        view["platform"] = FORMATS["onnx" if variant is None else variant.format].platform
+        served_as = FORMATS["onnx" if variant is None else variant.format]
+        view["platform"], view["backend"] = served_as.platform, served_as.backend
     else:
         view["backend"] = "python"
     view.update(_scheduling(model, target, variant, convolutional))
@@ -207,8 +212,11 @@ def _scheduling(
 ) -> dict[str, Any]:
     parameters = dict(model.parameters)
     accelerators: list[dict[str, Any]] = []
-    # ONNX Runtime's options; a TensorRT plan was tuned when it was built.
-    if isinstance(model, OnnxModelSpec) and (variant is None or variant.format == "onnx"):
+    # ONNX Runtime's options (threads also bound a compiled model's); a TensorRT plan was tuned when built.
+    served_format = None if variant is None else variant.format
+    if isinstance(model, OnnxModelSpec) and served_format == "torch_compiled":
+        parameters = {**model.cpu.model_dump(exclude_none=True, include={"intra_op_thread_count"}), **parameters}
+    if isinstance(model, OnnxModelSpec) and served_format in (None, "onnx"):
         parameters = {**model.cpu.model_dump(exclude_none=True), **parameters}
         if target == "gpu":
             accelerators.extend(_accelerators(model, variant))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -22,6 +22,7 @@ from typing import Any, Literal
 from builder.accuracy import OutputAccuracy, compare, gate_failures
 from builder.batches import Feed, batched
 from builder.calibration import CalibrationSet
+from builder.compiled import PACKAGE, PROGRAM, LoadCrashed, build_compiled, compile_device, compile_identity
 from builder.errors import AccuracyError, ConversionError
 from builder.fingerprint import BUILD_RECORD, Fingerprint, read_record, sha256_file, tool_versions
 from builder.plan import Gpu, build_plan, installed_tensorrt, require_tensorrt, run_plan
@@ -90,26 +91,45 @@ def build_variant(
     number = base.version.version
     label = f"{variant.name} v{number}"
     trt, gpu = _tensorrt_for(variant, target)
-    current = _fingerprint(base, variant, gpu)
+    compiled_on = _compile_device_for(variant, target)
+    current = _fingerprint(base, variant, gpu, compiled_on)
     filename = FORMATS[variant.format].filename
     previous = workspace.repository / variant.name / str(number)
     staged = workspace.staging / variant.name / str(number)
     recorded = read_record(previous)
-    if not force and recorded.get("fingerprint") == current.digest and (previous / filename).is_file():
+    if not force and recorded.get("fingerprint") == current.digest and _artifact(previous, filename).is_file():
         link_tree(previous, staged)
         log(f"{label}: unchanged, reused")
         return "cached", _summary(variant, recorded.get("accuracy", {}).get("outputs", {}))
     if variant.format == "tensorrt" and recorded.get("tensorrt"):
         log(f"{label}: rebuilding the plan ({_plan_change(recorded['tensorrt'], current.inputs['tensorrt'])})")
+    if variant.format == "torch_compiled" and recorded.get("compiled"):
+        log(
+            f"{label}: recompiling ({_plan_change(recorded['compiled'], current.inputs['compiled'], ('torch', 'device', 'compute_capability'))})"
+        )
     log(f"{label}: converting to {variant.format} {variant.precision}")
     work = workspace.work_dir(variant.name, number)
     artifact = work / filename
     started = time.perf_counter()
-    conversion = _convert(base, variant, artifact, workspace, trt, number)
+    candidate: Sequence[dict[str, Any]] = ()
+    if compiled_on is not None:
+        try:
+            conversion, candidate = build_compiled(
+                base.model, base.version, variant, compiled_on, work, workspace.cache / "inductor", base.holdout, log
+            )
+        except LoadCrashed as exc:
+            if variant.optional:
+                raise Skipped(str(exc).splitlines()[0]) from exc
+            raise
+    else:
+        conversion = _convert(base, variant, artifact, workspace, trt, number)
     converted = time.perf_counter()
     if variant.format == "tensorrt":
         device = "cuda"
         candidate = run_plan(trt, artifact, base.holdout)
+    elif compiled_on is not None:
+        device = compiled_on
+        artifact = _artifact(work, filename)
     else:
         device = onnx_device(target)
         candidate = run_onnx(artifact, base.holdout, device)
@@ -134,6 +154,7 @@ def build_variant(
         "conversion": conversion,
         "calibration": base.data.record(),
         "tensorrt": current.inputs["tensorrt"],
+        "compiled": conversion if compiled_on is not None else None,
         "accuracy": {
             "gate": variant.gate.model_dump(mode="json"),
             "device": device,
@@ -171,7 +192,25 @@ def _tensorrt_for(variant: VariantSpec, target: Target) -> tuple[Any, Gpu | None
         raise
 
 
-def _fingerprint(base: BaseVersion, variant: VariantSpec, gpu: Gpu | None) -> Fingerprint:
+def _artifact(directory: Path, filename: str) -> Path:
+    """The version's main file: a compiled variant keeps its exported program where no package loads."""
+    if filename == PACKAGE and not (directory / PACKAGE).exists():
+        return directory / PROGRAM
+    return directory / filename
+
+
+def _compile_device_for(variant: VariantSpec, target: Target) -> str | None:
+    if variant.format != "torch_compiled":
+        return None
+    try:
+        return compile_device(variant, target)
+    except ConversionError as exc:
+        if variant.optional:
+            raise Skipped(str(exc).splitlines()[0]) from exc
+        raise
+
+
+def _fingerprint(base: BaseVersion, variant: VariantSpec, gpu: Gpu | None, compiled_on: str | None) -> Fingerprint:
     calibration = base.model.calibration
     assert calibration is not None  # load_spec requires it for variants
     tensorrt = None
@@ -184,9 +223,7 @@ def _fingerprint(base: BaseVersion, variant: VariantSpec, gpu: Gpu | None) -> Fi
         }
     inputs = {
         "base_fingerprint": base.fingerprint,
-        "variant": variant.model_dump(
-            mode="json", exclude={"optional", "quantization" if variant.format == "tensorrt" else "tensorrt"}
-        ),
+        "variant": variant.model_dump(mode="json", exclude={"optional", *_unused_options(variant)}),
         "calibration": {
             **calibration.model_dump(mode="json", exclude={"data"}),
             "source_sha256": base.data.source_sha256,
@@ -194,6 +231,7 @@ def _fingerprint(base: BaseVersion, variant: VariantSpec, gpu: Gpu | None) -> Fi
         },
         "tools": {**tool_versions(), "tensorrt": installed_tensorrt()},
         "tensorrt": tensorrt,
+        "compiled": None if compiled_on is None else compile_identity(compiled_on),
     }
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     return Fingerprint(digest=digest, inputs=inputs)
@@ -234,13 +272,21 @@ def _convert(
     )
 
 
-def _plan_change(recorded: dict[str, Any], current: dict[str, Any] | None) -> str:
+def _unused_options(variant: VariantSpec) -> set[str]:
+    """The option blocks of the other formats: changing them must not rebuild this variant."""
+    used = {"onnx": "quantization", "tensorrt": "tensorrt", "torch_compiled": "compile"}[variant.format]
+    return {"quantization", "tensorrt", "compile"} - {used}
+
+
+def _plan_change(
+    recorded: dict[str, Any],
+    current: dict[str, Any] | None,
+    keys: tuple[str, ...] = ("version", "compute_capability"),
+) -> str:
     if current is None:
         return "no GPU to check it against"
     changes = [
-        f"{key} {recorded.get(key)} -> {current.get(key)}"
-        for key in ("version", "compute_capability")
-        if recorded.get(key) != current.get(key)
+        f"{key} {recorded.get(key)} -> {current.get(key)}" for key in keys if recorded.get(key) != current.get(key)
     ]
     return "built with " + "; ".join(changes) if changes else "its inputs changed"
 

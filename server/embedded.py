@@ -30,6 +30,7 @@ from typing import IO
 
 __all__ = [
     "BATCHING_RUNTIME",
+    "COMPILED_RUNTIME",
     "EmbeddedTriton",
     "ServerError",
     "TritonInstallation",
@@ -41,6 +42,8 @@ __all__ = [
 _KIT_BACKENDS = Path(__file__).resolve().parent / "backends"
 BATCHING_RUNTIME = Path(__file__).resolve().parent / "runtime" / "triton_kit_batching.py"
 """Runs a dynamic batch as one call inside Triton's Python stub; copied next to every model.py."""
+COMPILED_RUNTIME = BATCHING_RUNTIME.parent / "triton_kit_compiled.py"
+"""Serves a compiled PyTorch model; copied as the model.py of every torch_compiled variant."""
 _RUNTIME_MODULES = sorted(BATCHING_RUNTIME.parent.glob("triton_kit_*.py"))
 _PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 

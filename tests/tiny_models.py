@@ -112,3 +112,16 @@ def calibration_batches() -> list[dict[str, object]]:
 
     rng = np.random.default_rng(0)
     return [{"x": rng.normal(size=(5, 4)).astype(np.float32)} for _ in range(2)]
+
+
+class DataDependent(nn.Module):
+    """Branches on a tensor's value: one graph cannot hold both paths."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x[:, :3] * 2
+        return x[:, :3]
+
+
+def data_dependent() -> nn.Module:
+    return DataDependent()

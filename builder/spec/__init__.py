@@ -31,13 +31,22 @@ from builder.spec.serving import (
     Warmup,
 )
 from builder.spec.tensors import InputSpec, OutputSpec, ShapeRange
-from builder.spec.variants import CalibrationSpec, Gate, Precision, QuantizationOptions, TensorRTOptions, VariantSpec
+from builder.spec.variants import (
+    CalibrationSpec,
+    CompileOptions,
+    Gate,
+    Precision,
+    QuantizationOptions,
+    TensorRTOptions,
+    VariantSpec,
+)
 
 __all__ = [
     "DEFAULT_OPSET",
     "KINDS",
     "AnyModelSpec",
     "CalibrationSpec",
+    "CompileOptions",
     "CpuOptions",
     "DynamicBatching",
     "EnsembleSpec",

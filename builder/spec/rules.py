@@ -199,6 +199,11 @@ def _variant_problems(model: OnnxModelSpec) -> Iterator[str]:
                 f"{field}.quantization.method = {variant.quantization.method!r} collects histograms, which need "
                 f"calibration batches of one shape, but inputs {variable} have variable dims; use method: minmax"
             )
+        if variant.format == "torch_compiled" and variant.precision == "int8":
+            yield (
+                f"{field}.precision = 'int8': AOTInductor compiles floating-point models; allowed for format "
+                "torch_compiled: fp32, fp16, bf16 (int8 needs format: onnx or tensorrt)"
+            )
         if variant.format == "onnx" and variant.precision == "bf16":
             yield f"{field}.precision = 'bf16': ONNX Runtime has no bf16 kernels; allowed for format onnx: fp16, int8 (bf16 needs format: tensorrt)"
 

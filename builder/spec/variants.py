@@ -16,6 +16,7 @@ from builder.spec._base import ModelName, Strict, is_source
 
 __all__ = [
     "CalibrationSpec",
+    "CompileOptions",
     "Gate",
     "Precision",
     "QuantizationOptions",
@@ -88,21 +89,38 @@ class TensorRTOptions(Strict):
     timing_cache: bool = True
 
 
+class CompileOptions(Strict):
+    """Inductor options of a `torch_compiled` variant. `max_autotune` benchmarks candidate
+    kernels for each operation at build time (slower build, faster engine); `inductor` passes
+    any other of torch._inductor.config's options, e.g. {"freezing": true}. `artifact`: `aoti`
+    an AOTInductor package, loaded as it is; `inductor_cache` the exported program with
+    Inductor's cache artifacts, compiled from them when a server loads it (a warm start);
+    `auto` the package, or the cache where this torch cannot load the package (recorded)."""
+
+    artifact: Literal["auto", "aoti", "inductor_cache"] = "auto"
+    max_autotune: bool = False
+    inductor: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
 class VariantSpec(Strict):
     """One reduced-precision build of the model, served under its own name.
 
     `format: onnx` gives a file ONNX Runtime runs anywhere (int8: static QDQ quantization,
     fp16: float16 weights and compute, meant for GPU targets); `format: tensorrt` a TensorRT
     plan, which needs TensorRT and a CUDA GPU on the build machine: where they are missing
-    the build stops, unless `optional: true` lets it skip the variant with a warning.
+    the build stops, unless `optional: true` lets it skip the variant with a warning;
+    `format: torch_compiled` the PyTorch model itself, captured with torch.export and compiled
+    ahead of time by AOTInductor for the target's device (cpu, or cuda on the gpu target) in
+    fp32, fp16 or bf16, served by Triton's Python backend with no compile at load.
     `targets` limits the build targets it is built for (an FP16 variant is meant for GPUs).
     """
 
     name: ModelName
-    format: Literal["onnx", "tensorrt"] = "onnx"
+    format: Literal["onnx", "tensorrt", "torch_compiled"] = "onnx"
     precision: Precision
     quantization: QuantizationOptions = QuantizationOptions()
     tensorrt: TensorRTOptions = TensorRTOptions()
+    compile: CompileOptions = CompileOptions()
     gate: Gate = Gate()
     optional: bool = False
     targets: Annotated[tuple[Literal["cpu", "gpu"], ...], Field(min_length=1)] = ("cpu", "gpu")

@@ -41,22 +41,29 @@ def token_batch(rng: np.random.Generator, lengths: list[int], width: int) -> tup
     return ids * mask, mask
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_image_classifier_equals_pytorch(triton: EmbeddedTriton, protocol: str) -> None:
+# The ONNX model over both protocols, and its AOTInductor-compiled variant (served by the
+# runtime copied into its version directory) over gRPC.
+SERVED = [("onnx", "grpc"), ("onnx", "http"), ("compiled", "grpc")]
+
+
+@pytest.mark.parametrize(("served", "protocol"), SERVED)
+def test_image_classifier_equals_pytorch(triton: EmbeddedTriton, served: str, protocol: str) -> None:
+    model = "image_classifier" + ("_compiled" if served == "compiled" else "")
     images = np.random.default_rng(1).standard_normal((3, 3, 224, 224)).astype(np.float32)
     with client_for(triton, protocol) as client:
-        logits = client.infer("image_classifier", {"image": images})["logits"]
+        logits = client.infer(model, {"image": images})["logits"]
     with torch.inference_mode():
         expected = image_classifier.build()(torch.from_numpy(images)).numpy()
     assert logits.shape == (3, 1000)
     assert_close("image_classifier", "logits", logits, expected)
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_text_encoder_equals_pytorch(triton: EmbeddedTriton, protocol: str) -> None:
+@pytest.mark.parametrize(("served", "protocol"), SERVED)
+def test_text_encoder_equals_pytorch(triton: EmbeddedTriton, served: str, protocol: str) -> None:
+    model = "text_encoder" + ("_compiled" if served == "compiled" else "")
     ids, mask = token_batch(np.random.default_rng(2), [3, 17, 40], width=40)
     with client_for(triton, protocol) as client:
-        embedding = client.infer("text_encoder", {"input_ids": ids, "attention_mask": mask})["embedding"]
+        embedding = client.infer(model, {"input_ids": ids, "attention_mask": mask})["embedding"]
     with torch.inference_mode():
         expected = text_encoder.build()(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     assert embedding.shape == (3, text_encoder.EMBEDDING_SIZE)

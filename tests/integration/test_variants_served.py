@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from builder.quantize import run_onnx
 from clients import TritonClient
@@ -36,3 +37,39 @@ def test_fp16_and_int8_variants_are_served(tmp_path: Path) -> None:
         np.testing.assert_allclose(answer, local["y"], atol=1e-6)
     assert not np.array_equal(answers["linear_int8"], answers["linear"])
     np.testing.assert_allclose(answers["linear_fp16"], answers["linear"], atol=1e-2)
+
+
+def test_compiled_variants_are_served_in_both_artifacts(tmp_path: Path) -> None:
+    """An AOTInductor package, and the exported program warm-started from Inductor's cache
+    artifacts (what a torch that cannot load packages gets), each served as PyTorch computes."""
+    from tests.tiny_models import linear
+
+    np.save(tmp_path / "calibration.npy", np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32))
+    entry = linear_model(
+        calibration={"data": "calibration.npy", "samples": 16, "holdout": 24},
+        variants=[
+            {"name": "linear_aoti", "format": "torch_compiled", "precision": "fp32"},
+            {
+                "name": "linear_cached",
+                "format": "torch_compiled",
+                "precision": "fp32",
+                "compile": {"artifact": "inductor_cache"},
+            },
+        ],
+    )
+    repo = build_entries(tmp_path, entry)
+    server = make_server(repo, tmp_path)
+    server.start(timeout_s=300)
+    try:
+        x = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
+        with TritonClient(server.grpc_url) as client:
+            answers = {name: client.infer(name, {"x": x})["y"] for name in ("linear_aoti", "linear_cached")}
+        log = (tmp_path / "triton.log").read_text()
+    finally:
+        server.stop()
+    with torch.inference_mode():
+        expected = linear()(torch.from_numpy(x)).numpy()
+    for answer in answers.values():
+        np.testing.assert_allclose(answer, expected, atol=1e-6)
+    assert "instance linear_aoti_0_0: AOTInductor package on cpu" in log
+    assert "instance linear_cached_0_0: compiled from Inductor's cache artifacts on cpu" in log

@@ -117,6 +117,10 @@ VARIANTS = {
     "image_classifier_trt_fp16": ("gpu",),
     "text_encoder_int8": ("cpu", "gpu"),
     "text_encoder_fp16": ("gpu",),
+    "image_classifier_compiled": ("cpu",),
+    "image_classifier_compiled_fp16": ("gpu",),
+    "text_encoder_compiled": ("cpu",),
+    "text_encoder_compiled_fp16": ("gpu",),
 }
 
 

@@ -1,0 +1,194 @@
+"""Run a `torch_compiled` variant, compiled by the kit's builder for one device and precision and
+described by the build record beside it (`build.json`), in one of two forms:
+
+- `aoti`: an AOTInductor package (`model.pt2`), loaded as it is: nothing compiles at load;
+- `inductor_cache`: the exported program (`program.pt2`) and Inductor's portable cache artifacts
+  (`inductor_cache.bin`), for a torch that cannot load AOTInductor packages (torch 2.11+cu130
+  crashes loading any): the cache is loaded, the program compiled from it (a warm start) and run
+  once at every recorded shape, so no request ever waits for a compile.
+
+Shared by the builder (its warm-up and accuracy gate run this file in fresh processes, exactly
+as served) and by the model's version directory, where the builder copies it as `model.py` for
+Triton's Python backend. It imports nothing from the kit but `triton_kit_batching`, copied beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+PACKAGE = "model.pt2"
+PROGRAM = "program.pt2"
+CACHE = "inductor_cache.bin"
+RECORD = "build.json"
+_FLOATS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+class CompiledPackage:
+    """The compiled model ready on `device` ("cpu", or "cuda:<index>"); each call runs a whole
+    batch, {input name: array} -> {output name: float32 array}."""
+
+    def __init__(self, directory: str, device: str) -> None:
+        import torch
+
+        with open(os.path.join(directory, RECORD)) as handle:
+            record = json.load(handle)
+        compiled = record["compiled"]
+        self.torch = torch
+        self.device = torch.device(device)
+        if compiled["device"] != self.device.type:
+            raise RuntimeError(
+                f"{directory}: the package was compiled for {compiled['device']}, and this instance runs on "
+                f"{self.device.type}; rebuild the variant for this target"
+            )
+        if compiled["torch"] != torch.__version__:
+            raise RuntimeError(
+                f"{directory}: the package was compiled by torch {compiled['torch']} and torch {torch.__version__} "
+                "serves it; rebuild it (`make build-repo`) where it is served"
+            )
+        self.dtype = getattr(torch, _FLOATS[record["precision"]])
+        self.inputs: list[str] = compiled["inputs"]
+        self.outputs: list[str] = compiled["outputs"]
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        started = time.perf_counter()
+        self.artifact = compiled.get("artifact", "aoti")
+        if self.artifact == "aoti":
+            from torch._inductor import aoti_load_package
+
+            index = -1 if self.device.index is None else self.device.index
+            self.runner = aoti_load_package(os.path.join(directory, PACKAGE), device_index=index)
+        else:
+            self.runner = self._compile_from_cache(directory, compiled)
+        self.load_seconds = time.perf_counter() - started
+
+    def _compile_from_cache(self, directory: str, compiled: dict[str, Any]) -> Any:
+        torch = self.torch
+        _utf8_locale()
+        cache = os.path.join(directory, CACHE)
+        if os.path.exists(cache):
+            with open(cache, "rb") as handle:
+                torch.compiler.load_cache_artifacts(handle.read())
+        program = torch.export.load(os.path.join(directory, PROGRAM))
+        module = program.module().to(self.device)  # the program was captured on the build's device index
+        runner = torch.compile(module, dynamic=True, mode=compiled.get("mode") or None)
+        with torch.inference_mode():
+            for shapes in compiled["warm_shapes"]:  # every shape the batcher can form compiles here, not on a request
+                runner(*(torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"]), device=self.device) for s in shapes))
+        return runner
+
+    def __call__(self, feeds: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
+        torch = self.torch
+        args = []
+        for name in self.inputs:
+            tensor = torch.from_numpy(np.ascontiguousarray(feeds[name]))
+            if tensor.is_floating_point():
+                tensor = tensor.to(self.dtype)
+            args.append(tensor.to(self.device, non_blocking=True))
+        with torch.inference_mode():
+            results = self.runner(*args)
+        if isinstance(results, torch.Tensor):
+            results = [results]
+        return {
+            name: (result.float() if result.is_floating_point() else result).cpu().numpy()
+            for name, result in zip(self.outputs, results, strict=True)
+        }
+
+
+def _utf8_locale() -> None:
+    """Inductor reads its UTF-8 templates with open()'s default encoding, which follows the locale,
+    and Triton's Python stub starts with none (ASCII)."""
+    import locale
+
+    if locale.getpreferredencoding(False).replace("-", "").lower() != "utf8":
+        try:
+            locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
+        except locale.Error:
+            pass  # no UTF-8 locale here: a template with non-ASCII text would then fail, naming itself
+
+
+def _warm_main(directory: str, device: str) -> None:
+    """Compile an inductor_cache variant cold and write the cache artifacts its servers start from."""
+    import torch
+
+    package = CompiledPackage(directory, device)
+    artifacts = torch.compiler.save_cache_artifacts()
+    if artifacts is None:
+        raise SystemExit("torch.compiler.save_cache_artifacts() returned nothing: no compiled artifact to keep")
+    with open(os.path.join(directory, CACHE), "wb") as handle:
+        handle.write(artifacts[0])
+    print(json.dumps({"compile_seconds": package.load_seconds}))
+
+
+def _gate_main(directory: str, device: str, feeds_path: str, out_path: str) -> None:
+    """Run every batch of an .npz of feeds (keys `<batch>/<input>`) and write the outputs alike:
+    the builder's gate, in a process of its own, since loading a package can crash a process."""
+    package = CompiledPackage(directory, device)
+    with np.load(feeds_path) as archive:
+        batches: dict[str, dict[str, np.ndarray[Any, Any]]] = {}
+        for key in archive.files:
+            batch, name = key.split("/", 1)
+            batches.setdefault(batch, {})[name] = archive[key]
+    outputs = {}
+    for batch, feeds in sorted(batches.items(), key=lambda item: int(item[0])):
+        for name, value in package(feeds).items():
+            outputs[f"{batch}/{name}"] = value
+    np.savez(out_path, **outputs)
+    print(json.dumps({"load_seconds": package.load_seconds}))
+
+
+try:  # inside Triton's Python backend, this file is the model
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # the builder's gate, or an import for type checking
+    pb_utils = None
+
+if pb_utils is not None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from triton_kit_batching import execute_batched, require_numpy_1
+
+    class TritonPythonModel:
+        """One instance: the package on the instance's own device (KIND_GPU: its GPU)."""
+
+        def initialize(self, args: dict[str, str]) -> None:
+            require_numpy_1()
+            config = json.loads(args["model_config"])
+            self.batching = int(config.get("max_batch_size", 0)) > 0
+            self.input_names = [tensor["name"] for tensor in config["input"]]
+            self.output_names = [tensor["name"] for tensor in config["output"]]
+            gpu = args.get("model_instance_kind") == "GPU"
+            device = f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu"
+            directory = os.path.join(args["model_repository"], args["model_version"])
+            threads = config.get("parameters", {}).get("intra_op_thread_count", {}).get("string_value")
+            if threads:  # as ONNX Runtime's instances are bound; torch would take every core
+                import torch
+
+                torch.set_num_threads(int(threads))
+            try:
+                self.package = CompiledPackage(directory, device)
+            except (RuntimeError, OSError, KeyError) as exc:
+                raise pb_utils.TritonModelException(f"model '{args['model_name']}': {exc}") from None
+            form = (
+                "AOTInductor package" if self.package.artifact == "aoti" else "compiled from Inductor's cache artifacts"
+            )
+            pb_utils.Logger.log_info(
+                f"model '{args['model_name']}' instance {args['model_instance_name']}: {form} on {device} "
+                f"in {self.package.load_seconds:.1f} s"
+            )
+
+        def execute(self, requests: list[Any]) -> list[Any]:
+            responses: list[Any] = execute_batched(
+                requests, self.input_names, self.output_names, self.package, batching=self.batching
+            )
+            return responses
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "warm":
+        _warm_main(*sys.argv[2:4])
+    else:
+        _gate_main(*sys.argv[1:5])
