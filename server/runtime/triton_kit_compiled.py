@@ -103,13 +103,13 @@ class CompiledPackage:
 def _utf8_locale() -> None:
     """Inductor reads its UTF-8 templates with open()'s default encoding, which follows the locale,
     and Triton's Python stub starts with none (ASCII)."""
+    import contextlib
     import locale
 
     if locale.getpreferredencoding(False).replace("-", "").lower() != "utf8":
-        try:
+        # Without a UTF-8 locale here, a template with non-ASCII text fails, naming itself.
+        with contextlib.suppress(locale.Error):
             locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
-        except locale.Error:
-            pass  # no UTF-8 locale here: a template with non-ASCII text would then fail, naming itself
 
 
 def _warm_main(directory: str, device: str) -> None:
