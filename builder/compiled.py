@@ -33,7 +33,16 @@ from builder.targets import Target
 from server.embedded import BATCHING_RUNTIME, COMPILED_RUNTIME
 from server.runtime.triton_kit_compiled import PACKAGE, PROGRAM
 
-__all__ = ["PACKAGE", "PROGRAM", "LoadCrashed", "build_compiled", "compile_device", "compile_identity", "run_compiled"]
+__all__ = [
+    "PACKAGE",
+    "PROGRAM",
+    "LoadCrashed",
+    "build_compiled",
+    "compile_device",
+    "compile_identity",
+    "install_runtime",
+    "run_compiled",
+]
 
 _FLOAT_TYPES = {"TYPE_FP16", "TYPE_FP32", "TYPE_FP64", "TYPE_BF16"}
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -112,8 +121,7 @@ def build_compiled(
         "seconds": {"export": round(time.perf_counter() - started, 3)},
     }
     directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(COMPILED_RUNTIME, directory / "model.py")
-    shutil.copy2(BATCHING_RUNTIME, directory / BATCHING_RUNTIME.name)
+    install_runtime(directory)
     if variant.compile.artifact != "inductor_cache":
         log(f"{label}: compiling with AOTInductor for {device} ({variant.precision}); this takes a minute or more")
         _aoti(program, record, directory, cache, label, base.name)
@@ -131,6 +139,14 @@ def build_compiled(
     _program_with_cache(base, program, record, variant, directory, device, label)
     outputs, record["seconds"]["load"] = run_compiled(base, directory, device, holdout, label)
     return record, outputs
+
+
+def install_runtime(directory: Path) -> None:
+    """The serving runtime as the version's model.py (and the batching helper it imports): copied
+    on every build, reused versions included, since it is serving code, not a build input."""
+    for source, name in ((COMPILED_RUNTIME, "model.py"), (BATCHING_RUNTIME, BATCHING_RUNTIME.name)):
+        (directory / name).unlink(missing_ok=True)  # a reused version's files are links into the repository
+        shutil.copy2(source, directory / name)
 
 
 def _capture(

@@ -22,7 +22,15 @@ from typing import Any, Literal
 from builder.accuracy import OutputAccuracy, compare, gate_failures
 from builder.batches import Feed, batched
 from builder.calibration import CalibrationSet
-from builder.compiled import PACKAGE, PROGRAM, LoadCrashed, build_compiled, compile_device, compile_identity
+from builder.compiled import (
+    PACKAGE,
+    PROGRAM,
+    LoadCrashed,
+    build_compiled,
+    compile_device,
+    compile_identity,
+    install_runtime,
+)
 from builder.errors import AccuracyError, ConversionError
 from builder.fingerprint import BUILD_RECORD, Fingerprint, read_record, sha256_file, tool_versions
 from builder.plan import Gpu, build_plan, installed_tensorrt, require_tensorrt, run_plan
@@ -99,6 +107,8 @@ def build_variant(
     recorded = read_record(previous)
     if not force and recorded.get("fingerprint") == current.digest and _artifact(previous, filename).is_file():
         link_tree(previous, staged)
+        if compiled_on is not None:
+            install_runtime(staged)
         log(f"{label}: unchanged, reused")
         return "cached", _summary(variant, recorded.get("accuracy", {}).get("outputs", {}))
     if variant.format == "tensorrt" and recorded.get("tensorrt"):

@@ -7,6 +7,8 @@ Skipped, with the reason, where ONNX Runtime has no CUDA provider or nvidia-smi 
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +40,12 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def gpu_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The examples built for the gpu target; KIT_GPU_REPOSITORY names one `make build-repo` built
+    already (the compiled variants take minutes to build)."""
+    given = os.environ.get("KIT_GPU_REPOSITORY")
+    if given:
+        assert "KIND_GPU" in (Path(given) / "image_classifier" / "config.pbtxt").read_text(), given
+        return Path(given)
     repo = tmp_path_factory.mktemp("gpu") / "model_repository"
     build_repository(ROOT / "models.yaml", repo, target="gpu", log=print)
     return repo
@@ -99,3 +107,24 @@ def test_fp16_variants_serve_on_the_gpu_as_their_file_runs_there(
     (local,) = run_onnx(gpu_repository / name / "1" / "model.onnx", [feed], device="cuda")
     for output in base.outputs:
         np.testing.assert_allclose(served[output.name], local[output.name], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["image_classifier_compiled_fp16", "text_encoder_compiled_fp16"])
+def test_compiled_variants_serve_on_the_gpu_within_their_gate(
+    gpu_server: EmbeddedTriton, gpu_repository: Path, name: str
+) -> None:
+    if not (gpu_repository / name).is_dir():
+        pytest.skip(f"{name} was not built here (optional; the build's summary says why)")
+    base = load_spec(ROOT / "models.yaml").model(name.removesuffix("_compiled_fp16"))
+    assert isinstance(base, OnnxModelSpec)
+    feed = inputs_for(base, 8)
+    with TritonClient(gpu_server.grpc_url) as client:
+        served = client.infer(name, feed)
+    (expected,) = run_torch(instantiate(base, base.versions[0]), base, [feed])
+    for output in base.outputs:
+        a, b = served[output.name].ravel(), expected[output.name].ravel()
+        assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) > 0.99
+    record = json.loads((gpu_repository / name / "1" / "build.json").read_text())
+    assert record["compiled"]["device"] == "cuda" and record["accuracy"]["device"] == "cuda"
+    form = "AOTInductor package" if record["compiled"]["artifact"] == "aoti" else "compiled from Inductor's cache"
+    assert re.search(rf"model '{name}' instance \S+: {form}[^\n]* on cuda:0", gpu_server.log_tail(lines=100_000))

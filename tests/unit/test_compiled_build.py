@@ -74,11 +74,16 @@ def test_the_served_runtime_answers_as_pytorch_at_every_batch_size(built: tuple[
         np.testing.assert_allclose(package({"x": x})["y"], expected, atol=1e-6)
 
 
-def test_an_unchanged_rebuild_reuses_the_package(built: tuple[Path, list[str]]) -> None:
+def test_an_unchanged_rebuild_reuses_the_package_with_the_current_runtime(built: tuple[Path, list[str]]) -> None:
+    from server.embedded import COMPILED_RUNTIME
+
     root, _ = built
+    served = root / "repo" / "linear_compiled" / "1" / "model.py"
+    served.write_text("# the runtime of an older kit\n")
     lines: list[str] = []
     build_repository(root / "models.yaml", root / "repo", target="cpu", log=lines.append)
     assert "linear_compiled v1: unchanged, reused" in lines
+    assert served.read_text() == COMPILED_RUNTIME.read_text()
 
 
 def test_a_package_from_another_torch_is_reported_and_refused(built: tuple[Path, list[str]], tmp_path: Path) -> None:

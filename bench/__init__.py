@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure and record figures in bench/results/ (see each docstring)."""

@@ -1,0 +1,223 @@
+"""Benchmark: the compiled PyTorch variants (`format: torch_compiled`) against the ONNX models they
+sit beside, in-process and served by the embedded server, side by side in one run.
+
+    make build-repo && .venv/bin/python bench/compiled.py [--repo model_repository] [--seconds 5]
+
+On the repository's target (its configs say which):
+- cpu: image_classifier as FP32 ONNX and INT8 ONNX (ONNX Runtime, 2 threads as served) against
+  image_classifier_compiled (AOTInductor, FP32, 2 torch threads); text_encoder likewise;
+- gpu: image_classifier_fp16 (ONNX Runtime's CUDA provider, as the backend runs it) against
+  image_classifier_compiled_fp16; text_encoder likewise.
+In-process: the latency of one call at batch sizes 1, 4 and max_batch_size, inputs from host
+memory and outputs back to it, engines taking turns over rounds (their ratio holds up on a
+noisy machine better than either figure). Served: batch-1 requests from closed-loop clients (4
+on cpu; 64 and 256 over client processes on gpu), engines one after the other in one server.
+Each compiled variant's compile and load seconds are the build's (its build.json). Results go
+to bench/results/compiled-<target>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from numpy.typing import NDArray
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.gpu import breakdown, drive, payload, run_bound, session, statistics_of  # noqa: E402
+from server import EmbeddedTriton  # noqa: E402
+from server.runtime.triton_kit_compiled import CompiledPackage  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+
+Feed = dict[str, NDArray[Any]]
+
+# The engines compared, per target: (label, model in the repository, runs as).
+ENGINES = {
+    "cpu": {
+        "image_classifier": [
+            ("onnx_fp32", "image_classifier", "onnx"),
+            ("onnx_int8", "image_classifier_int8", "onnx"),
+            ("compiled_fp32", "image_classifier_compiled", "compiled"),
+        ],
+        "text_encoder": [
+            ("onnx_fp32", "text_encoder", "onnx"),
+            ("onnx_int8", "text_encoder_int8", "onnx"),
+            ("compiled_fp32", "text_encoder_compiled", "compiled"),
+        ],
+    },
+    "gpu": {
+        "image_classifier": [
+            ("onnx_fp16", "image_classifier_fp16", "onnx"),
+            ("compiled_fp16", "image_classifier_compiled_fp16", "compiled"),
+        ],
+        "text_encoder": [
+            ("onnx_fp16", "text_encoder_fp16", "onnx"),
+            ("compiled_fp16", "text_encoder_compiled_fp16", "compiled"),
+        ],
+    },
+}
+MAX_BATCH = {"image_classifier": 16, "text_encoder": 32}
+
+
+def engine(repo: Path, model: str, runs_as: str, target: str) -> Callable[[Feed], Any]:
+    """One call as the server makes it: host arrays in, host arrays out."""
+    if runs_as == "eager":
+        return eager(model, target)
+    if runs_as == "compiled":
+        package = CompiledPackage(str(repo / model / "1"), "cuda:0" if target == "gpu" else "cpu")
+        return package
+    sess = session(repo, model, "cuda" if target == "gpu" else "cpu")
+    return lambda feed: run_bound(sess, feed)
+
+
+def eager(model: str, target: str) -> Callable[[Feed], Any]:
+    """The PyTorch module itself, uncompiled, in the compiled variant's precision: what compiling buys."""
+    from builder.source import instantiate
+    from builder.spec import OnnxModelSpec, load_spec
+
+    spec = load_spec(ROOT / "models.yaml").model(model)
+    assert isinstance(spec, OnnxModelSpec)
+    device, dtype = ("cuda", torch.float16) if target == "gpu" else ("cpu", torch.float32)
+    module = instantiate(spec, spec.versions[0]).to(device=device, dtype=dtype)
+    names = [t.name for t in spec.inputs]
+
+    def run(feed: Feed) -> Any:
+        with torch.inference_mode():
+            args = [torch.from_numpy(feed[n]).to(device) for n in names]
+            out = module(*(a.to(dtype) if a.is_floating_point() else a for a in args))
+            return out.float().cpu().numpy()
+
+    return run
+
+
+def in_process(repo: Path, target: str, family: str, rounds: int, calls: int) -> dict[str, Any]:
+    compared = [*ENGINES[target][family], ("pytorch_eager", family, "eager")]
+    engines = {label: engine(repo, model, runs_as, target) for label, model, runs_as in compared}
+    results: dict[str, Any] = {}
+    for size in (1, 4, MAX_BATCH[family]):
+        feed = payload(family, size)
+        for run in engines.values():
+            for _ in range(3):
+                run(feed)  # first-call set-up, and every kernel warmed
+        samples: dict[str, list[float]] = {label: [] for label in engines}
+        for _ in range(rounds):
+            for label, run in engines.items():
+                run(feed)  # untimed: the other engines' threads stop spinning, this one's wake
+                started = time.perf_counter()
+                for _ in range(calls):
+                    run(feed)
+                samples[label].append((time.perf_counter() - started) / calls)
+        latency = {label: statistics.median(values) for label, values in samples.items()}
+        row: dict[str, Any] = {f"{label}_items_per_s": round(size / value, 1) for label, value in latency.items()}
+        row.update({f"{label}_ms": round(value * 1000, 3) for label, value in latency.items()})
+        baseline, compiled = next(iter(latency)), next(label for label in latency if label.startswith("compiled"))
+        row[f"ratio_{compiled}_to_{baseline}"] = round(latency[baseline] / latency[compiled], 2)
+        row[f"ratio_{compiled}_to_pytorch_eager"] = round(latency["pytorch_eager"] / latency[compiled], 2)
+        results[f"batch_{size}"] = row
+        print(f"in-process {family} batch {size}: {row}", flush=True)
+    return results
+
+
+def served(repo: Path, target: str, seconds: float, processes: int) -> dict[str, Any]:
+    scratch = ROOT / ".triton" / f"bench-compiled-{target}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    for compared in ENGINES[target].values():
+        for _, model, _ in compared:
+            shutil.copytree(repo / model, scratch / model)
+    log = ROOT / "bench" / "results" / f"compiled-{target}.server.log"
+    log.unlink(missing_ok=True)
+    server = EmbeddedTriton(
+        scratch,
+        ROOT / ".triton" / "bench-backends",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_file=log,
+    )
+    started = time.perf_counter()
+    server.start(timeout_s=900)
+    results: dict[str, Any] = {"server_ready_s": round(time.perf_counter() - started, 1)}
+    concurrency = (64, 256) if target == "gpu" else (4,)
+    try:
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        for family, engines in ENGINES[target].items():
+            for label, model, _ in engines:
+                for clients in concurrency:
+                    before = statistics_of(client, model)
+                    load = drive(server.grpc_url, model, clients, seconds, False, processes)
+                    figures = {**load, **breakdown(before, statistics_of(client, model))}
+                    results.setdefault(family, {}).setdefault(label, {})[f"concurrency_{clients}"] = figures
+                    print(f"served {family} {label} c{clients}: {figures}", flush=True)
+            for clients in concurrency:
+                rates = {
+                    label: results[family][label][f"concurrency_{clients}"]["requests_per_s"] for label, *_ in engines
+                }
+                baseline, compiled = next(iter(rates)), next(label for label in rates if label.startswith("compiled"))
+                results[family][f"ratio_{compiled}_to_{baseline}_concurrency_{clients}"] = round(
+                    rates[compiled] / rates[baseline], 2
+                )
+        client.close()
+        results["load_lines"] = [
+            line for line in log.read_text().splitlines() if "instance" in line and " in " in line
+        ][-8:]
+    finally:
+        server.stop()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo", type=Path, default=ROOT / "model_repository")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=10, help="calls per round and batch size")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per served load point")
+    parser.add_argument("--processes", type=int, default=max(1, len(os.sched_getaffinity(0)) // 2))
+    args = parser.parse_args()
+    target = "gpu" if "KIND_GPU" in (args.repo / "image_classifier" / "config.pbtxt").read_text() else "cpu"
+    missing = [m for family in ENGINES[target].values() for _, m, _ in family if not (args.repo / m / "1").is_dir()]
+    if missing:
+        sys.exit(f"error: {args.repo} ({target} target) has no {', '.join(missing)}; run `make build-repo` first")
+    if target == "gpu":
+        ort.preload_dlls()
+    torch.set_num_threads(2)  # as the served configs bound each instance (intra_op_thread_count)
+    record: dict[str, Any] = {
+        "benchmark": "compiled",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "target": target,
+        "machine": f"{platform.machine()}, cores: {len(os.sched_getaffinity(0))}",
+        "gpu": torch.cuda.get_device_name() if target == "gpu" else None,
+        "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__},
+        "builds": {
+            m: json.loads((args.repo / m / "1" / "build.json").read_text())["compiled"]
+            for family in ENGINES[target].values()
+            for _, m, runs_as in family
+            if runs_as == "compiled"
+        },
+    }
+    record["in_process"] = {
+        family: in_process(args.repo, target, family, args.rounds, args.calls) for family in ENGINES[target]
+    }
+    record["served_grpc_batch_1"] = served(args.repo, target, args.seconds, args.processes)
+    out = ROOT / "bench" / "results" / f"compiled-{target}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in record.items() if k != "builds"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
