@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from importlib.metadata import version as package_version
 from pathlib import Path
 
 import onnx
@@ -167,7 +166,7 @@ def _package_record(version: Path, plans: PlanTarget) -> Iterator[Problem]:
             "build it with make build-repo, which records them",
         )
         return
-    serving = plans.torch_version or package_version("torch")
+    serving = plans.torch_version or _installed_torch()
     if compiled.get("torch") != serving:
         yield Problem(
             record_path,
@@ -186,6 +185,14 @@ def _package_record(version: Path, plans: PlanTarget) -> Iterator[Problem]:
             f"({compiled.get('gpu')}); the serving GPU has {capability}",
             "rebuild it on a GPU of the serving host's kind",
         )
+
+
+def _installed_torch() -> str:
+    """torch.__version__ (with its local part, e.g. +cu130, which the runtime compares too); the
+    package metadata leaves the local part out on some builds."""
+    import torch  # only where a compiled package is checked: slow to import
+
+    return str(torch.__version__)
 
 
 def _plan_record(config: pb.ModelConfig, config_path: Path, version: Path, plans: PlanTarget) -> Iterator[Problem]:

@@ -133,7 +133,7 @@ def build_compiled(
             if variant.compile.artifact == "aoti":
                 raise
             record["fallback"] = str(exc).splitlines()[0]
-            log(f"{label}: {record['fallback']}; keeping the exported program and Inductor's cache artifacts instead")
+            log(f"{record['fallback']}; keeping the exported program and Inductor's cache artifacts instead")
             (directory / PACKAGE).unlink()
     log(f"{label}: compiling with torch.compile for {device} ({variant.precision}), to keep Inductor's cache")
     _program_with_cache(base, program, record, variant, directory, device, label)

@@ -55,6 +55,8 @@ class CompiledPackage:
         self.inputs: list[str] = compiled["inputs"]
         self.outputs: list[str] = compiled["outputs"]
         if self.device.type == "cuda":
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
         started = time.perf_counter()
         self.artifact = compiled.get("artifact", "aoti")
