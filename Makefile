@@ -30,7 +30,7 @@ VENV_STAMP := $(VENV)/.deps-$(RUNTIME)-$(DEPS_HASH)
 help: ## list the targets
 	@echo "usage: make <target> [VAR=value]"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "variables: SPEC=$(SPEC) REPO=$(REPO) TARGET=$(TARGET) FORCE=1 TRT_VERSION= COMPUTE_CAPABILITY= MODEL=$(MODEL) PROTOCOL=$(PROTOCOL) URL=host:port TRITON_{HTTP,GRPC,METRICS}_PORT PYTEST_ARGS=..."
+	@echo "variables: SPEC=$(SPEC) REPO=$(REPO) TARGET=$(TARGET) FORCE=1 TRT_VERSION= COMPUTE_CAPABILITY= TORCH_VERSION= MODEL=$(MODEL) PROTOCOL=$(PROTOCOL) URL=host:port TRITON_{HTTP,GRPC,METRICS}_PORT PYTEST_ARGS=..."
 
 venv: $(VENV_STAMP) ## create or refresh .venv: requirements.lock, or requirements-gpu.txt where nvidia-smi lists a GPU
 
@@ -70,9 +70,10 @@ compat: ## build the examples and run the unit tests with numpy 2 and onnxruntim
 build-repo: venv ## build model_repository/ from models.yaml (TARGET=cpu|gpu, default: this machine's; FORCE=1 re-exports)
 	$(PY) -m builder build --spec $(SPEC) --repo $(REPO) --target $(TARGET) $(if $(FORCE),--force)
 
-check-repo: venv ## check any model repository against Triton's rules (REPO=path, TARGET=cpu|gpu, TRT_VERSION=10.5, COMPUTE_CAPABILITY=9.0)
+check-repo: venv ## check any model repository against Triton's rules (REPO=path, TARGET=cpu|gpu, TRT_VERSION=10.5, COMPUTE_CAPABILITY=9.0, TORCH_VERSION=2.5.0a0)
 	$(PY) -m builder check --repo $(REPO) $(if $(filter-out auto,$(TARGET)),--target $(TARGET)) \
-		$(if $(TRT_VERSION),--tensorrt-version $(TRT_VERSION)) $(if $(COMPUTE_CAPABILITY),--compute-capability $(COMPUTE_CAPABILITY))
+		$(if $(TRT_VERSION),--tensorrt-version $(TRT_VERSION)) $(if $(COMPUTE_CAPABILITY),--compute-capability $(COMPUTE_CAPABILITY)) \
+		$(if $(TORCH_VERSION),--torch-version $(TORCH_VERSION))
 
 serve: venv ## serve model_repository/ with the embedded Triton server in the foreground (Ctrl-C stops it)
 	@test -d $(REPO) || { echo "error: $(REPO) does not exist; run 'make build-repo' first" >&2; exit 1; }

@@ -24,10 +24,15 @@ FORMATS = ("JPEG", "PNG")
 
 
 class ImagePreprocess:
-    """Encoded JPEG or PNG bytes [N, 1] -> normalized FP32 images [N, 3, size, size]."""
+    """Encoded JPEG or PNG bytes [N, 1] -> normalized FP32 images [N, 3, size, size].
 
-    def __init__(self, size: int = 224) -> None:
+    `max_pixels` bounds what one request may make the server decode: a few kilobytes of PNG can
+    declare 20000x20000 pixels (a decompression bomb), which is refused before any decoding.
+    """
+
+    def __init__(self, size: int = 224, max_pixels: int = 40_000_000) -> None:
         self.size = size
+        self.max_pixels = max_pixels
 
     def __call__(self, inputs: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         return {"image": np.stack([self.decode(item) for item in inputs["image_bytes"].reshape(-1)])}
@@ -35,16 +40,24 @@ class ImagePreprocess:
     def decode(self, data: bytes) -> NDArray[np.float32]:
         """One encoded image -> [3, size, size], resized (bilinear) and normalized."""
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data)) as image:  # reads the header only
                 if image.format not in FORMATS:
                     raise ValueError(f"a {image.format} image; send JPEG or PNG")
+                width, height = image.size
+                if width * height > self.max_pixels:
+                    raise ValueError(self._too_large(f"{width}x{height} = {width * height:,} pixels"))
                 rgb = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
         except UnidentifiedImageError:
             raise ValueError(f"{len(data)} bytes that are not a JPEG or PNG image") from None
+        except Image.DecompressionBombError as exc:  # Pillow's own ceiling, met at open() above 2x its limit
+            raise ValueError(self._too_large(str(exc))) from None
         except OSError as exc:  # recognised, but truncated or corrupt
             raise ValueError(f"a damaged image ({exc})") from exc
         pixels = np.asarray(rgb, dtype=np.float32) / 255.0
         return ((pixels - MEAN) / STD).transpose(2, 0, 1)
+
+    def _too_large(self, detail: str) -> str:
+        return f"an image over {self.max_pixels:,} pixels, this model's limit (option max_pixels): {detail}; send a smaller one"
 
 
 class ClassifierPostprocess:

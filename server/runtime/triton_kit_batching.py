@@ -4,9 +4,10 @@ Shared by the kit's `onnxruntime` backend and every generated Python model (the 
 this file next to each model.py; it imports nothing from the kit).
 
 Requests whose inputs have equal per-item shapes are concatenated along the batch axis, run in
-one call, and the results split back per request. When the call raises one of the `invalid`
-exceptions (bad input, such as an undecodable image), the group is run again request by request,
-so only the requests that raise get an INVALID_ARGUMENT error and the others their answer.
+one call, and the results split back per request. When the call raises, the group is run again
+request by request, so only the requests that raise get an error and the others their answer:
+INVALID_ARGUMENT for the `invalid` exceptions (bad input, such as an undecodable image), INTERNAL
+for any other.
 """
 
 from __future__ import annotations
@@ -87,16 +88,15 @@ def _run_group(
         missing = [name for name in output_names if name not in results]
         if missing:
             raise RuntimeError(f"the model returned no {missing} (it returned {sorted(results)})")
-    except invalid as exc:
-        if len(members) > 1:  # find the request(s) at fault; the others still get their answer
+    except Exception as exc:
+        if len(members) > 1:  # find the request(s) at fault, whatever the error; the others get their answer
             for index in members:
                 _run_group(requests, feeds, [index], output_names, run, batching, invalid, responses, allocate)
             return
-        responses[members[0]] = _error(f"invalid input: {exc}", pb_utils.TritonError.INVALID_ARG)
-        return
-    except Exception as exc:
-        for index in members:
-            responses[index] = _error(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
+        if isinstance(exc, invalid):
+            responses[members[0]] = _error(f"invalid input: {exc}", pb_utils.TritonError.INVALID_ARG)
+        else:
+            responses[members[0]] = _error(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
         return
     offset = 0
     for index in members:

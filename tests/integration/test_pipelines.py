@@ -152,6 +152,34 @@ def test_a_corrupt_image_fails_alone_while_its_batch_succeeds(patient_triton: Em
         assert result["labels"].tolist() == expected["labels"].tolist()
 
 
+def png_declaring(width: int, height: int) -> bytes:
+    """A small PNG whose header declares width x height pixels: a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    rows = zlib.compress(b"\x00" * (width + 1) * 16, 9)  # the first rows only: enough to open
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_fails_alone_while_its_batch_succeeds(patient_triton: EmbeddedTriton) -> None:
+    good = encoded("PNG", (100, 120), 4)
+    bomb = png_declaring(20_000, 20_000)  # over Pillow's own ceiling too
+    large = png_declaring(8_000, 8_000)  # under Pillow's, over the model's
+    assert len(bomb) < 64_000
+    results = send_together(patient_triton, "image_classification", "image_bytes", [good, bomb, good, large])
+    for refused, detail in ((results[1], "Image size (400000000 pixels) exceeds limit"), (results[3], "8000x8000")):
+        assert isinstance(refused, InvalidInput)
+        assert "an image over 40,000,000 pixels, this model's limit (option max_pixels)" in str(refused)
+        assert detail in str(refused)
+    expected = reference_classification([good])
+    for result in (results[0], results[2]):
+        assert result["labels"].tolist() == expected["labels"].tolist()
+
+
 def test_non_utf8_text_fails_alone_while_its_batch_succeeds(patient_triton: EmbeddedTriton) -> None:
     before = executions(patient_triton, "tokenizer")
     results = send_together(

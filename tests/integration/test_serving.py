@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -102,7 +103,14 @@ def test_concurrent_requests_are_batched(triton: EmbeddedTriton, record_property
         before = client.statistics("text_encoder")["model_stats"][0]
         with ThreadPoolExecutor(max_workers=16) as pool:
             results = list(pool.map(call, inputs))
-        after = client.statistics("text_encoder")["model_stats"][0]
+        # The server counts a request after sending its response: wait for the count, not a fixed time.
+        deadline = time.monotonic() + 30
+        while True:
+            after = client.statistics("text_encoder")["model_stats"][0]
+            counted = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
+            if counted >= requests or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
     inferences = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
     executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
     record_property("inference_count", inferences)

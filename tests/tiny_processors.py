@@ -1,0 +1,19 @@
+"""Tiny Python-model classes for the serving tests: each is a `source:` a test spec points at."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+class Fragile:
+    """y = 2x, with a bug its author did not foresee: any value over 100 raises a RuntimeError
+    (not a ValueError, so not a declared bad input)."""
+
+    def __call__(self, inputs: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        x = inputs["x"]
+        if (x > 100).any():
+            raise RuntimeError("x over 100 overflows a table")
+        return {"y": (x * 2).astype(np.float32)}
