@@ -226,6 +226,14 @@ class EmbeddedTriton:
             raise ServerError("this server is already started; stop() it first")
         if not (self.repository / ".").is_dir():
             raise ServerError(f"model repository {self.repository} does not exist; build it with `make build-repo`")
+        if self.model_control_mode == "none" and not any(
+            (entry / "config.pbtxt").is_file() for entry in self.repository.iterdir() if entry.is_dir()
+        ):
+            # Triton would start, load nothing and answer every readiness probe with "ready".
+            raise ServerError(
+                f"model repository {self.repository} holds no model (no <model>/config.pbtxt): a server of it "
+                "would report ready and serve nothing; build it with `make build-repo` (its summary says what failed)"
+            )
         installation = find_installation()
         prepare_backends(self.backend_dir, installation)
         env = dict(os.environ)

@@ -83,3 +83,11 @@ def test_make_serve_stops_cleanly(tiny_repository: Path, sig: signal.Signals) ->
         time.sleep(0.2)
     assert process_group(server_pid) == []
     assert b"stopping the server" in output
+
+
+def test_an_empty_repository_is_refused_rather_than_reported_ready(tmp_path: Path) -> None:
+    (tmp_path / "repo" / "leftover").mkdir(parents=True)  # a failed build's remains: no config.pbtxt
+    server = make_server(tmp_path / "repo", tmp_path)
+    with pytest.raises(ServerError, match=r"holds no model .* would report ready and serve nothing; build it"):
+        server.start(timeout_s=60)
+    assert server.pid is None
