@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -177,7 +178,8 @@ def _aoti(
 ) -> None:
     started = time.perf_counter()
     try:
-        with _inductor_cache(cache):
+        with _inductor_cache(cache), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations, nothing a user can act on
             torch._inductor.aoti_compile_and_package(
                 program, package_path=str(directory / PACKAGE), inductor_configs=dict(record["options"])
             )

@@ -26,7 +26,7 @@ from torch import nn
 from builder.errors import VerificationError
 from builder.samples import cases, make_inputs
 from builder.signature import check_signature
-from builder.spec import OnnxModelSpec, OutputSpec
+from builder.spec import InputSpec, OnnxModelSpec, OutputSpec
 
 __all__ = ["OutputAgreement", "VerificationReport", "run_torch", "verify_onnx"]
 
@@ -103,8 +103,19 @@ def _compare_outputs(module: nn.Module, model: OnnxModelSpec, path: Path) -> Ver
     for case in cases(model):
         inputs = make_inputs(model, case, rng)
         report.cases.append(case.describe())
-        with torch.inference_mode():
-            expected = _leaves(module(*(torch.from_numpy(inputs[t.name]) for t in model.inputs)))
+        try:
+            with torch.inference_mode():
+                expected = _leaves(module(*(torch.from_numpy(inputs[t.name]) for t in model.inputs)))
+        except Exception as exc:  # the spec's ranges asked for inputs the model cannot take
+            raise VerificationError(
+                f"model {model.name!r}: PyTorch's forward() raised {type(exc).__name__} at {case.describe()}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else '(no message)'}",
+                problems=[
+                    *(_declared_range(t) for t in model.inputs),
+                    "verification feeds inputs across these ranges: narrow them to what the model accepts "
+                    "(ids below its vocabulary size, lengths within its position table)",
+                ],
+            ) from exc
         try:
             actual = session.run(output_names, inputs)
         except Exception as exc:
@@ -117,6 +128,14 @@ def _compare_outputs(module: nn.Module, model: OnnxModelSpec, path: Path) -> Ver
             f"model {model.name!r}: ONNX Runtime's outputs differ from PyTorch's", problems=problems, artifact=path
         )
     return report
+
+
+def _declared_range(tensor: InputSpec) -> str:
+    shapes = (
+        "" if tensor.shape_range is None else f", shape_range min {tensor.shape_range.min} max {tensor.shape_range.max}"
+    )
+    values = "" if tensor.value_range is None else f", value_range {list(tensor.value_range)}"
+    return f"input {tensor.name!r}: dims {list(tensor.dims)}{shapes}{values}"
 
 
 def _compare(

@@ -164,3 +164,35 @@ def test_tolerances_bound_the_check(write_spec, tmp_path) -> None:
     )
     assert build(model, tmp_path / "model.onnx").outputs["y"].max_abs_error == pytest.approx(0.5)
     assert torch.equal(instantiate(model, model.versions[0])(torch.ones(1, 4)), torch.full((1, 4), 2.0))
+
+
+@pytest.mark.parametrize(
+    ("value_range", "max_length", "raised"),
+    [((0, 1000), 6, "IndexError"), ((0, 32), 6, None)],
+    ids=["ids-beyond-the-vocabulary", "ids-within-it"],
+)
+def test_ranges_the_model_cannot_take_are_refused_naming_them(
+    write_spec, tmp_path, value_range: tuple[int, int], max_length: int, raised: str | None
+) -> None:
+    model = spec_of(
+        write_spec,
+        source="tests.tiny_models:token_embedding",
+        inputs=[
+            {
+                "name": "ids",
+                "dtype": "TYPE_INT64",
+                "dims": [-1],
+                "shape_range": {"min": [1], "max": [max_length]},
+                "value_range": list(value_range),
+            }
+        ],
+        outputs=[{"name": "embedding", "dtype": "TYPE_FP32", "dims": [8]}],
+    )
+    if raised is None:
+        build(model, tmp_path / "model.onnx")
+        return
+    with pytest.raises(VerificationError) as caught:
+        build(model, tmp_path / "model.onnx")
+    message = str(caught.value)
+    assert f"model 'linear': PyTorch's forward() raised {raised}" in message
+    assert "input 'ids': dims [-1], shape_range min (1,) max (6,), value_range [0.0, 1000.0]" in message
