@@ -165,8 +165,8 @@ def _run_locust(settings: Settings, processes: int) -> dict[str, Any]:
         "--csv", str(settings.report_dir / "locust"), "--html", str(settings.report_dir / "locust.html"),
         "--exit-code-on-error", "0", "--loglevel", "WARNING",
     ]  # fmt: skip
-    if processes > 1:
-        command += ["--processes", str(processes)]
+    if processes > 1:  # its workers connect to the master here; nothing else should reach it
+        command += ["--processes", str(processes), "--master-bind-host", "127.0.0.1"]
     env = {**os.environ, ENV_VAR: settings.to_env(), "PYTHONPATH": str(ROOT)}
     deadline = time.monotonic() + settings.duration_s + GRACE_S
     started = time.monotonic()

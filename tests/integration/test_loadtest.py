@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +180,38 @@ def test_locust_started_directly_generates_its_payload(triton: EmbeddedTriton, t
     )
     requests, failures = (int(v) for v in aggregated.split(",")[2:4])
     assert requests > 0 and failures == 0
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a socket listening on `port`, from /proc/net/tcp{,6}."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add("127.0.0.1" if address == "0100007F" else address)
+    return found
+
+
+def test_several_processes_keep_the_locust_master_on_loopback(triton: EmbeddedTriton, tmp_path: Path) -> None:
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.update(listening_addresses(5557))  # Locust's master port
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = loadtest(
+            "--model", "text_encoder", "--url", triton.grpc_url, "--steps", "1", "--step-seconds", "4",
+            "--step-users", "2", "--processes", "2", "--report-dir", str(tmp_path / "report"),
+        )  # fmt: skip
+    finally:
+        done.set()
+        watcher.join()
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert seen == {"127.0.0.1"}
