@@ -74,6 +74,15 @@ def test_compose_inlines_no_secret_and_scrapes_triton() -> None:
     assert {SERVICES[n]["profiles"][0] for n in ("locust-master", "locust-worker")} == {"loadtest"}
 
 
+def test_every_compose_service_runs_without_capabilities_or_privilege_escalation() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert set(services) == {"triton", "triton-cpu", "prometheus", "grafana", "locust-master", "locust-worker"}
+    for name, service in services.items():
+        assert service["cap_drop"] == ["ALL"] and "cap_add" not in service, name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert not service.get("privileged"), name
+
+
 def test_compose_interpolates_every_value_with_no_variable_set() -> None:
     # Compose interpolates the whole file before it applies profiles: one failure stops them all.
     services = interpolate(COMPOSE, {})["services"]
@@ -224,6 +233,22 @@ def test_the_manifests_keep_their_safety_defaults(target: str) -> None:
     assert adapter["rules"]["custom"][0]["name"]["as"] == HPA_METRIC
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["spec"]["selector"]["matchLabels"] == service["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("target", ["gpu", "cpu"])
+def test_the_pod_meets_the_restricted_pod_security_standard(target: str) -> None:
+    """The rules of Kubernetes' "restricted" profile that a pod spec decides."""
+    (deployment,) = [d for d in render_manifests(target=target) if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"]["type"] in ("RuntimeDefault", "Localhost")
+    assert not any(pod.get(key) for key in ("hostNetwork", "hostPID", "hostIPC"))
+    assert all("hostPath" not in volume for volume in pod["volumes"])
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"] and not context["capabilities"].get("add")
+        assert not context.get("privileged") and not any("hostPort" in port for port in container["ports"])
 
 
 def test_a_repository_that_is_neither_s3_nor_a_volume_is_refused() -> None:
