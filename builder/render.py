@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from google.protobuf import text_format
+from google.protobuf import text_encoding, text_format
 from tritonclient.grpc import model_config_pb2
 
 from builder.dtypes import by_triton
@@ -38,6 +38,7 @@ from builder.spec.models import _Scheduled
 from builder.targets import Target
 from server.runtime.triton_kit_compiled import PACKAGE  # the runtime loads what the builder writes
 from server.runtime.triton_kit_ort import PAD_PARAMETER  # the backend reads what the builder writes
+from server.runtime.triton_kit_shapes import SHAPE_RANGES_PARAMETER
 
 __all__ = [
     "CONFIG_TEMPLATE",
@@ -218,6 +219,13 @@ def _scheduling(
         parameters = {**model.cpu.model_dump(exclude_none=True, include={"intra_op_thread_count"}), **parameters}
     if isinstance(model, OnnxModelSpec) and served_format in (None, "onnx"):
         parameters = {**model.cpu.model_dump(exclude_none=True), **parameters}
+        ranges = {
+            t.name: {"min": list(t.shape_range.min), "max": list(t.shape_range.max)}
+            for t in model.inputs
+            if t.shape_range
+        }
+        if ranges:  # the kit's backend refuses requests outside them (the C++ backend ignores the key)
+            parameters = {SHAPE_RANGES_PARAMETER: json.dumps(ranges, separators=(",", ":")), **parameters}
         if target == "gpu":
             accelerators.extend(_accelerators(model, variant))
             if pads_batches(model, convolutional):
@@ -228,7 +236,10 @@ def _scheduling(
         "sequence_batching": None if model.sequence_batching is None else _sequence_batching(model.sequence_batching),
         "instance_groups": [_instance_group(g, model, target) for g in model.instance_group],
         "accelerators": accelerators,
-        "parameters": [(key, _string(value)) for key, value in sorted(parameters.items())],
+        # Escaped for the text format: a value may hold quotes (the shape ranges are JSON).
+        "parameters": [
+            (key, text_encoding.CEscape(_string(value), as_utf8=True)) for key, value in sorted(parameters.items())
+        ],
         "response_cache": model.response_cache,
         "decoupled": model.decoupled,
         "warmups": _warmups(model) if warm else [],

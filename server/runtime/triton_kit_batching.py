@@ -48,11 +48,14 @@ def execute_batched(
     batching: bool,
     invalid: tuple[type[BaseException], ...] = (ValueError,),
     allocate: Allocate | None = None,
+    check: Callable[[dict[str, np.ndarray[Any, Any]]], None] | None = None,
 ) -> list[Any]:
     """One response per request, in order (Triton requires exactly that).
 
     With `allocate`, each batched input is assembled in the array it returns (a GPU instance's
     pinned host buffer, say) rather than in a new one: the one host copy a batch needs anyway.
+    With `check`, each request's inputs are checked first: one it refuses (raising one of the
+    `invalid` exceptions) gets INVALID_ARGUMENT and stays out of the batch.
     """
     responses: list[Any] = [None] * len(requests)
     feeds: list[dict[str, np.ndarray[Any, Any]]] = []
@@ -64,6 +67,12 @@ def execute_batched(
             if tensor is not None:  # an optional input the request left out
                 arrays[name] = tensor.as_numpy()
         feeds.append(arrays)
+        if check is not None:
+            try:
+                check(arrays)
+            except invalid as exc:
+                responses[index] = _error(f"invalid input: {exc}", pb_utils.TritonError.INVALID_ARG)
+                continue
         key = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(arrays.items())) if batching else (index,)
         groups.setdefault(key, []).append(index)
     for members in groups.values():

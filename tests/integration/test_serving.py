@@ -211,3 +211,23 @@ def test_the_dashboard_and_autoscaler_metrics_are_exported(triton: EmbeddedTrito
     )
     assert yaml.safe_load(rules)["rules"]["custom"] and len(queried) >= 8
     assert {m for m in queried if not m.startswith("nv_gpu")} <= exported
+
+
+def test_shapes_the_model_cannot_take_are_refused_before_onnx_runtime(triton: EmbeddedTriton) -> None:
+    rng = np.random.default_rng(5)
+    too_long = token_batch(rng, [200], width=200)
+    ids, mask = token_batch(rng, [12], width=12)
+    with TritonClient(triton.grpc_url) as client:
+        with pytest.raises(InvalidInput) as long_error:
+            client.infer("text_encoder", {"input_ids": too_long[0], "attention_mask": too_long[1]})
+        with pytest.raises(InvalidInput) as mismatch_error:
+            client.infer("text_encoder", {"input_ids": ids, "attention_mask": np.ones((1, 14), np.int64)})
+        good = client.infer("text_encoder", {"input_ids": ids, "attention_mask": mask})["embedding"]
+    assert "input 'input_ids' has 200 on axis 1, outside the model's range [1, 128]" in str(long_error.value)
+    assert "inputs must agree on the model's dim" in str(mismatch_error.value)
+    assert "'input_ids' 12 (axis 1), 'attention_mask' 14 (axis 1)" in str(mismatch_error.value)
+    for error in (long_error.value, mismatch_error.value):
+        assert "ONNXRuntimeError" not in str(error)
+    with torch.inference_mode():
+        expected = text_encoder.build()(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    assert_close("text_encoder", "embedding", good, expected)

@@ -28,6 +28,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from triton_kit_batching import execute_batched, require_numpy_1
 from triton_kit_ort import CPU, CUDA, TENSORRT, ConfigError, SessionPlan, plan_session
+from triton_kit_shapes import ShapeCheck
 
 # ONNX Runtime's element types in Triton's names, to compare the model with its config.
 _ORT_TYPES = {
@@ -82,6 +83,7 @@ class TritonPythonModel:
         problems = _signature_problems(config, self.session, name)
         if problems:
             raise pb_utils.TritonModelException("; ".join(problems))
+        self.check = ShapeCheck.from_config(config, {i.name: i.shape for i in self.session.get_inputs()})
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return execute_batched(
@@ -90,8 +92,9 @@ class TritonPythonModel:
             self.output_names,
             self._run,
             batching=self.batching,
-            invalid=(InvalidArgument,),
+            invalid=(InvalidArgument, ValueError),
             allocate=self.staging.array if self.staging is not None else None,
+            check=self.check,
         )
 
     def finalize(self) -> None:
