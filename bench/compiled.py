@@ -38,10 +38,8 @@ from numpy.typing import NDArray
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gpu import breakdown, drive, payload, run_bound, session, statistics_of  # noqa: E402
-from server import EmbeddedTriton  # noqa: E402
+from bench.gpu import breakdown, drive, embedded, payload, run_bound, session, statistics_of  # noqa: E402
 from server.runtime.triton_kit_compiled import CompiledPackage  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 
 Feed = dict[str, NDArray[Any]]
 
@@ -140,14 +138,7 @@ def served(repo: Path, target: str, seconds: float, processes: int) -> dict[str,
             shutil.copytree(repo / model, scratch / model)
     log = ROOT / "bench" / "results" / f"compiled-{target}.server.log"
     log.unlink(missing_ok=True)
-    server = EmbeddedTriton(
-        scratch,
-        ROOT / ".triton" / "bench-backends",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_file=log,
-    )
+    server = embedded(scratch, log)
     started = time.perf_counter()
     server.start(timeout_s=900)
     results: dict[str, Any] = {"server_ready_s": round(time.perf_counter() - started, 1)}

@@ -357,6 +357,18 @@ def first_calls(repo: Path, model: str, max_batch: int, search: str) -> list[dic
     return rows
 
 
+def embedded(repo: Path, log: Path) -> EmbeddedTriton:
+    """A server for `repo` on free ports, logging to `log`."""
+    return EmbeddedTriton(
+        repo,
+        ROOT / ".triton" / "bench-backends",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_file=log,
+    )
+
+
 def with_instances(repo: Path, scratch: Path, count: int, padded: bool | None = None) -> Path:
     """A copy of the repository's two example models with `count` GPU instances each; `padded`
     True or False overrides the built choice (`gpu.pad_batch`) of running every batch at
@@ -454,14 +466,7 @@ def main() -> None:
     for count, padded in setups:
         label = f"instances_{count}" + ("_unpadded" if padded is False else "")
         scratch = with_instances(args.repo, ROOT / ".triton" / f"bench-repo-{label}", count, padded)
-        server = EmbeddedTriton(
-            scratch,
-            ROOT / ".triton" / "bench-backends",
-            http_port=free_port(),
-            grpc_port=free_port(),
-            metrics_port=free_port(),
-            log_file=log,
-        )
+        server = embedded(scratch, log)
         started = time.perf_counter()
         server.start(timeout_s=600)
         record.setdefault("server_ready_s", {})[label] = round(time.perf_counter() - started, 1)

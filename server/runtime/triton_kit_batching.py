@@ -23,6 +23,13 @@ Allocate = Callable[[str, tuple[int, ...], np.dtype[Any]], np.ndarray[Any, Any]]
 """Where a batch's input is assembled: (input name, shape, dtype) -> an array to fill."""
 
 
+def io_names(config: Mapping[str, Any]) -> tuple[bool, list[str], list[str]]:
+    """Whether the model batches, and its input and output names, from the config Triton passes
+    to `initialize` (as JSON)."""
+    inputs = [tensor["name"] for tensor in config["input"]]
+    return int(config.get("max_batch_size", 0)) > 0, inputs, [tensor["name"] for tensor in config["output"]]
+
+
 def require_numpy_1() -> None:
     """Refuse to load under numpy 2: the Python backend stub of Triton 2.51 (the embedded server,
     NGC 24.10) was built before numpy 2 and reads its arrays' item size wrongly, so every output

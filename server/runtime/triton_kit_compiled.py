@@ -151,7 +151,7 @@ except ImportError:  # the builder's gate, or an import for type checking
 
 if pb_utils is not None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from triton_kit_batching import execute_batched, require_numpy_1
+    from triton_kit_batching import execute_batched, io_names, require_numpy_1
 
     class TritonPythonModel:
         """One instance: the package on the instance's own device (KIND_GPU: its GPU)."""
@@ -159,9 +159,7 @@ if pb_utils is not None:
         def initialize(self, args: dict[str, str]) -> None:
             require_numpy_1()
             config = json.loads(args["model_config"])
-            self.batching = int(config.get("max_batch_size", 0)) > 0
-            self.input_names = [tensor["name"] for tensor in config["input"]]
-            self.output_names = [tensor["name"] for tensor in config["output"]]
+            self.batching, self.input_names, self.output_names = io_names(config)
             gpu = args.get("model_instance_kind") == "GPU"
             device = f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu"
             directory = os.path.join(args["model_repository"], args["model_version"])

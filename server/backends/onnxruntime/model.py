@@ -26,7 +26,7 @@ import triton_python_backend_utils as pb_utils
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from triton_kit_batching import execute_batched, require_numpy_1
+from triton_kit_batching import execute_batched, io_names, require_numpy_1
 from triton_kit_ort import CPU, CUDA, TENSORRT, ConfigError, SessionPlan, plan_session
 from triton_kit_shapes import ShapeCheck
 
@@ -54,9 +54,7 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         require_numpy_1()
         config = json.loads(args["model_config"])
-        self.batching = int(config.get("max_batch_size", 0)) > 0
-        self.input_names = [tensor["name"] for tensor in config["input"]]
-        self.output_names = [tensor["name"] for tensor in config["output"]]
+        self.batching, self.input_names, self.output_names = io_names(config)
         filename = config.get("default_model_filename") or "model.onnx"
         path = os.path.join(args["model_repository"], args["model_version"], filename)
         name = args["model_name"]
