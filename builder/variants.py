@@ -161,10 +161,10 @@ def build_variant(
         "built_from": current.inputs,
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": {"convert": round(converted - started, 3), "gate": round(gated - converted, 3)},
-        "conversion": conversion,
+        "conversion": None if compiled_on is not None else conversion,
         "calibration": base.data.record(),
         "tensorrt": current.inputs["tensorrt"],
-        "compiled": conversion if compiled_on is not None else None,
+        "compiled": conversion if compiled_on is not None else None,  # what the served runtime reads
         "accuracy": {
             "gate": variant.gate.model_dump(mode="json"),
             "device": device,
