@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from builder.dtypes import by_triton
 from builder.errors import ConversionError
 from builder.export import dynamic_axes
 from builder.samples import cases, export_case, make_inputs
@@ -32,7 +33,7 @@ from builder.source import instantiate
 from builder.spec import OnnxModelSpec, VariantSpec, VersionSpec
 from builder.targets import Target
 from server.embedded import BATCHING_RUNTIME, COMPILED_RUNTIME
-from server.runtime.triton_kit_compiled import PACKAGE, PROGRAM
+from server.runtime.triton_kit_compiled import PACKAGE, PRECISIONS, PROGRAM
 
 __all__ = [
     "PACKAGE",
@@ -45,8 +46,6 @@ __all__ = [
     "run_compiled",
 ]
 
-_FLOAT_TYPES = {"TYPE_FP16", "TYPE_FP32", "TYPE_FP64", "TYPE_BF16"}
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _RUN_TIMEOUT_S = 900
 
 
@@ -153,7 +152,7 @@ def install_runtime(directory: Path) -> None:
 def _capture(
     base: OnnxModelSpec, version: VersionSpec, variant: VariantSpec, device: str, label: str
 ) -> torch.export.ExportedProgram:
-    dtype = _DTYPES[variant.precision]
+    dtype = getattr(torch, PRECISIONS[variant.precision])
     module = instantiate(base, version).to(device=device, dtype=dtype)
     example = make_inputs(base, export_case(base), np.random.default_rng(base.seed))
     args = tuple(_tensor(example[t.name], device, dtype) for t in base.inputs)
@@ -205,19 +204,19 @@ def _program_with_cache(
     """Save the program, then compile it cold in a fresh process at every shape the batcher can
     form, which writes the cache artifacts every server instance starts warm from."""
     torch.export.save(program, str(directory / PROGRAM))
-    dtype = _DTYPES[variant.precision]
+    # The inputs as the runtime feeds them: floating-point ones cast to the precision, others as declared.
+    dtypes = {
+        t.name: PRECISIONS[variant.precision] if by_triton(t.dtype).is_floating else by_triton(t.dtype).numpy.name
+        for t in base.inputs
+    }
     record["artifact"] = "inductor_cache"
     record["mode"] = "max-autotune-no-cudagraphs" if variant.compile.max_autotune else None
     record["warm_shapes"] = [
-        [
-            {"shape": list(case.shape(t.name)), "dtype": str(dtype if t.dtype in _FLOAT_TYPES else torch.int64)[6:]}
-            for t in base.inputs
-        ]
-        for case in cases(base)
+        [{"shape": list(case.shape(t.name)), "dtype": dtypes[t.name]} for t in base.inputs] for case in cases(base)
     ]
     _write_record(directory, variant, record)
     done = _run_runtime(["warm", str(directory), device], label, directory)
-    record["seconds"]["compile"] = round(json.loads(done.stdout.strip().splitlines()[-1])["compile_seconds"], 3)
+    record["seconds"]["compile"] = _reported(done, "compile_seconds")
     _write_record(directory, variant, record)
 
 
@@ -244,7 +243,7 @@ def run_compiled(
         feeds_path, out_path = Path(scratch) / "feeds.npz", Path(scratch) / "out.npz"
         np.savez(feeds_path, **{f"{i}/{name}": array for i, feed in enumerate(every) for name, array in feed.items()})
         done = _run_runtime([str(directory), device, str(feeds_path), str(out_path)], label, directory)
-        load_seconds = round(float(json.loads(done.stdout.strip().splitlines()[-1])["load_seconds"]), 3)
+        load_seconds = _reported(done, "load_seconds")
         with np.load(out_path) as archive:
             results: list[dict[str, NDArray[Any]]] = [{} for _ in every]
             for key in archive.files:
@@ -288,6 +287,11 @@ def _run_runtime(arguments: list[str], label: str, directory: Path) -> subproces
             artifact=directory,
         )
     return done
+
+
+def _reported(done: subprocess.CompletedProcess[str], key: str) -> float:
+    """A figure the runtime printed as the JSON of its last line of output."""
+    return round(float(json.loads(done.stdout.strip().splitlines()[-1])[key]), 3)
 
 
 def _tensor(array: NDArray[Any], device: str, dtype: torch.dtype) -> torch.Tensor:

@@ -26,7 +26,8 @@ PACKAGE = "model.pt2"
 PROGRAM = "program.pt2"
 CACHE = "inductor_cache.bin"
 RECORD = "build.json"
-_FLOATS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+"""A variant's precision -> the torch dtype its floating-point inputs and weights take."""
 
 
 class CompiledPackage:
@@ -51,7 +52,7 @@ class CompiledPackage:
                 f"{directory}: the package was compiled by torch {compiled['torch']} and torch {torch.__version__} "
                 "serves it; rebuild it (`make build-repo`) where it is served"
             )
-        self.dtype = getattr(torch, _FLOATS[record["precision"]])
+        self.dtype = getattr(torch, PRECISIONS[record["precision"]])
         self.inputs: list[str] = compiled["inputs"]
         self.outputs: list[str] = compiled["outputs"]
         if self.device.type == "cuda":
