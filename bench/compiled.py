@@ -12,8 +12,9 @@ In-process: the latency of one call at batch sizes 1, 4 and max_batch_size, inpu
 memory and outputs back to it, engines taking turns over rounds (their ratio holds up on a
 noisy machine better than either figure). Served: batch-1 requests from closed-loop clients (4
 on cpu; 64 and 256 over client processes on gpu), engines one after the other in one server.
-Each compiled variant's compile and load seconds are the build's (its build.json). Results go
-to bench/results/compiled-<target>.json.
+On gpu, where the time of one max-size call goes: copying its inputs to the GPU, the compiled
+model on inputs already there, the whole call. Each compiled variant's compile and load seconds
+are the build's (its build.json). Results go to bench/results/compiled-<target>.json.
 """
 
 from __future__ import annotations
@@ -130,6 +131,41 @@ def in_process(repo: Path, target: str, family: str, rounds: int, calls: int) ->
     return results
 
 
+def where_time_goes(repo: Path, family: str, calls: int = 50) -> dict[str, Any]:
+    """GPU only: one max-size batch through the compiled variant split into its parts, since a
+    small model's call is bound by moving its inputs, not by its kernels."""
+    model = next(m for label, m, _ in ENGINES["gpu"][family] if label.startswith("compiled"))
+    package = CompiledPackage(str(repo / model / "1"), "cuda:0")
+    feed = payload(family, MAX_BATCH[family])
+    resident = [torch.from_numpy(feed[name]).to("cuda") for name in package.inputs]
+    resident = [t.to(package.dtype) if t.is_floating_point() else t for t in resident]
+
+    def on_device() -> Any:
+        if package.pad_batch is not None:
+            torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
+        return package.runner(*resident)
+
+    def timed(run: Callable[[], Any]) -> float:
+        for _ in range(5):
+            run()
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(calls):
+            run()
+        torch.cuda.synchronize()
+        return round((time.perf_counter() - started) / calls * 1000, 3)
+
+    with torch.inference_mode():
+        parts = {
+            "input_mb": round(sum(a.nbytes for a in feed.values()) / 1e6, 2),
+            "host_to_device_ms": timed(lambda: [torch.from_numpy(a).to("cuda") for a in feed.values()]),
+            "compiled_on_device_ms": timed(on_device),
+            "whole_call_ms": timed(lambda: package(feed)),
+        }
+    print(f"where the time goes, {model} at batch {MAX_BATCH[family]}: {parts}", flush=True)
+    return parts
+
+
 def served(repo: Path, target: str, seconds: float, processes: int) -> dict[str, Any]:
     scratch = ROOT / ".triton" / f"bench-compiled-{target}"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -204,6 +240,8 @@ def main() -> None:
     record["in_process"] = {
         family: in_process(args.repo, target, family, args.rounds, args.calls) for family in ENGINES[target]
     }
+    if target == "gpu":
+        record["where_time_goes"] = {family: where_time_goes(args.repo, family) for family in ENGINES[target]}
     record["served_grpc_batch_1"] = served(args.repo, target, args.seconds, args.processes)
     out = ROOT / "bench" / "results" / f"compiled-{target}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")

@@ -44,6 +44,7 @@ __all__ = [
     "compile_identity",
     "install_runtime",
     "run_compiled",
+    "uses_cuda_graphs",
 ]
 
 _RUN_TIMEOUT_S = 900
@@ -122,7 +123,8 @@ def build_compiled(
     }
     directory.mkdir(parents=True, exist_ok=True)
     install_runtime(directory)
-    if variant.compile.artifact != "inductor_cache":
+    graphs = uses_cuda_graphs(base, variant, device)
+    if variant.compile.artifact != "inductor_cache" and not graphs:
         log(f"{label}: compiling with AOTInductor for {device} ({variant.precision}); this takes a minute or more")
         _aoti(program, record, directory, cache, label, base.name)
         _write_record(directory, variant, record)
@@ -135,10 +137,19 @@ def build_compiled(
             record["fallback"] = str(exc).splitlines()[0]
             log(f"{record['fallback']}; keeping the exported program and Inductor's cache artifacts instead")
             (directory / PACKAGE).unlink()
-    log(f"{label}: compiling with torch.compile for {device} ({variant.precision}), to keep Inductor's cache")
-    _program_with_cache(base, program, record, variant, directory, device, label)
+    detail = f", CUDA graphs at batch {base.max_batch_size}" if graphs else ""
+    log(f"{label}: compiling with torch.compile for {device} ({variant.precision}{detail}), to keep Inductor's cache")
+    _program_with_cache(base, program, record, variant, directory, device, label, graphs)
     outputs, record["seconds"]["load"] = run_compiled(base, directory, device, holdout, label)
     return record, outputs
+
+
+def uses_cuda_graphs(base: OnnxModelSpec, variant: VariantSpec, device: str) -> bool:
+    """Whether the variant runs as CUDA graphs: on CUDA, unless its options say no, where padding
+    the batch to max_batch_size gives every execution one shape (no other dim varies)."""
+    if device != "cuda" or variant.compile.cuda_graphs is False or variant.compile.artifact == "aoti":
+        return False
+    return base.max_batch_size > 0 and not any(t.dynamic_axes for t in base.inputs)
 
 
 def install_runtime(directory: Path) -> None:
@@ -200,9 +211,11 @@ def _program_with_cache(
     directory: Path,
     device: str,
     label: str,
+    graphs: bool,
 ) -> None:
     """Save the program, then compile it cold in a fresh process at every shape the batcher can
-    form, which writes the cache artifacts every server instance starts warm from."""
+    form (with CUDA graphs, the one padded shape), which writes the cache artifacts every server
+    instance starts warm from."""
     torch.export.save(program, str(directory / PROGRAM))
     # The inputs as the runtime feeds them: floating-point ones cast to the precision, others as declared.
     dtypes = {
@@ -210,9 +223,14 @@ def _program_with_cache(
         for t in base.inputs
     }
     record["artifact"] = "inductor_cache"
-    record["mode"] = "max-autotune-no-cudagraphs" if variant.compile.max_autotune else None
+    if graphs:
+        record["mode"] = "max-autotune" if variant.compile.max_autotune else "reduce-overhead"
+    else:
+        record["mode"] = "max-autotune-no-cudagraphs" if variant.compile.max_autotune else None
+    record["pad_batch"] = base.max_batch_size if graphs else None
+    shapes = [case for case in cases(base) if not graphs or case.batch == base.max_batch_size]
     record["warm_shapes"] = [
-        [{"shape": list(case.shape(t.name)), "dtype": dtypes[t.name]} for t in base.inputs] for case in cases(base)
+        [{"shape": list(case.shape(t.name)), "dtype": dtypes[t.name]} for t in base.inputs] for case in shapes
     ]
     _write_record(directory, variant, record)
     done = _run_runtime(["warm", str(directory), device], label, directory)

@@ -204,6 +204,17 @@ def _variant_problems(model: OnnxModelSpec) -> Iterator[str]:
                 f"{field}.precision = 'int8': AOTInductor compiles floating-point models; allowed for format "
                 "torch_compiled: fp32, fp16, bf16 (int8 needs format: onnx or tensorrt)"
             )
+        if variant.format == "torch_compiled" and variant.compile.cuda_graphs is True:
+            if variable:
+                yield (
+                    f"{field}.compile.cuda_graphs = true: a CUDA graph replays one shape, and inputs {variable} have "
+                    "variable dims; use cuda_graphs: auto (no graphs for this model) or declare those dims fixed"
+                )
+            if variant.compile.artifact == "aoti":
+                yield (
+                    f"{field}.compile.cuda_graphs = true with artifact 'aoti': an AOTInductor package has no CUDA "
+                    "graphs; use artifact: auto or inductor_cache"
+                )
         if variant.format == "onnx" and variant.precision == "bf16":
             yield f"{field}.precision = 'bf16': ONNX Runtime has no bf16 kernels; allowed for format onnx: fp16, int8 (bf16 needs format: tensorrt)"
 

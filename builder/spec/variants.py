@@ -95,10 +95,15 @@ class CompileOptions(Strict):
     any other of torch._inductor.config's options, e.g. {"freezing": true}. `artifact`: `aoti`
     an AOTInductor package, loaded as it is; `inductor_cache` the exported program with
     Inductor's cache artifacts, compiled from them when a server loads it (a warm start);
-    `auto` the package, or the cache where this torch cannot load the package (recorded)."""
+    `auto` the package, or the cache where this torch cannot load the package (recorded).
+    `cuda_graphs` (gpu target): record each batch's kernels once and replay them in one launch,
+    since a small model's GPU otherwise idles between kernel launches. A graph has one shape, so
+    batches are padded to max_batch_size, and every other dim must be fixed; the variant keeps
+    the cache form (an AOTInductor package has no graphs). `auto` uses them where that holds."""
 
     artifact: Literal["auto", "aoti", "inductor_cache"] = "auto"
     max_autotune: bool = False
+    cuda_graphs: bool | Literal["auto"] = "auto"
     inductor: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 

@@ -178,3 +178,54 @@ def test_the_cache_artifact_keeps_the_program_and_warm_starts_from_inductors_cac
     lines: list[str] = []
     build_repository(write_spec(compiled(compile={"artifact": "inductor_cache"})), repo, target="cpu", log=lines.append)
     assert "linear_compiled v1: unchanged, reused" in lines
+
+    # As a CUDA-graph build records it (gpu target): compiled at max_batch_size only, smaller
+    # batches padded to it and each caller given its own rows back.
+    padded = tmp_path / "padded"
+    shutil.copytree(version, padded)
+    graph_record = json.loads((padded / "build.json").read_text())
+    graph_record["compiled"].update(
+        pad_batch=8, warm_shapes=[s for s in graph_record["compiled"]["warm_shapes"] if s[0]["shape"][0] == 8]
+    )
+    (padded / "build.json").write_text(json.dumps(graph_record))
+    package = CompiledPackage(str(padded), "cpu")
+    for rows in (1, 6, 8):
+        with torch.inference_mode():
+            expected = linear()(torch.from_numpy(x[:rows])).numpy()
+        np.testing.assert_allclose(package({"x": x[:rows]})["y"], expected, atol=1e-6)
+
+
+def test_cuda_graphs_are_used_where_one_padded_shape_serves_every_batch(
+    tmp_path: Path, write_spec: Callable[..., Path]
+) -> None:
+    np.save(tmp_path / "calibration.npy", np.zeros((24, 4), np.float32))
+    from builder.compiled import uses_cuda_graphs
+    from builder.spec import OnnxModelSpec, load_spec
+
+    def decide(device: str, inputs: list[dict[str, Any]] | None = None, **options: Any) -> bool:
+        entry = compiled(compile=options)
+        if inputs is not None:
+            entry["inputs"] = inputs
+        (model,) = load_spec(write_spec(entry)).models
+        assert isinstance(model, OnnxModelSpec)
+        return uses_cuda_graphs(model, model.variants[0], device)
+
+    variable = [{"name": "x", "dtype": "TYPE_FP32", "dims": [-1], "shape_range": {"min": [1], "max": [4]}}]
+    assert decide("cuda") is True
+    assert decide("cpu") is False
+    assert decide("cuda", cuda_graphs=False) is False
+    assert decide("cuda", artifact="aoti") is False  # a package has no graphs
+    assert decide("cuda", inputs=variable) is False  # a variable dim: no single shape
+
+
+def test_cuda_graphs_asked_for_where_they_cannot_serve_are_refused(
+    tmp_path: Path, write_spec: Callable[..., Path]
+) -> None:
+    np.save(tmp_path / "calibration.npy", np.zeros((24, 4), np.float32))
+    from builder.spec import load_spec
+
+    variable = [{"name": "x", "dtype": "TYPE_FP32", "dims": [-1], "shape_range": {"min": [1], "max": [4]}}]
+    with pytest.raises(SpecError, match=r"cuda_graphs = true: a CUDA graph replays one shape, and inputs \['x'\]"):
+        load_spec(write_spec({**compiled(compile={"cuda_graphs": True}), "inputs": variable}))
+    with pytest.raises(SpecError, match=r"cuda_graphs = true with artifact 'aoti'"):
+        load_spec(write_spec(compiled(compile={"cuda_graphs": True, "artifact": "aoti"})))
