@@ -30,7 +30,7 @@ from clients.errors import (
     ServerUnavailable,
 )
 
-__all__ = ["DeadlineExpired", "classify", "translate"]
+__all__ = ["DeadlineExpired", "classify", "server_not_ready", "translate"]
 
 # Messages are only consulted when the status says little: none, or HTTP's catch-all 400/500.
 _GENERIC_CODES = ("", "400", "500", "UNKNOWN", "INTERNAL")
@@ -41,6 +41,7 @@ _UNAVAILABLE_HINTS = (
     "server is stopping",
     "server is not ready",
     "server not ready",
+    "is not healthy",  # a dead Python stub: the kit's server reloads its model within seconds
 )
 _NOT_READY_HINTS = ("unknown model", "is not ready", "not found", "has no available versions")
 _TIMEOUT_HINTS = ("deadline exceeded", "request timed out")
@@ -104,3 +105,9 @@ def classify(exc: InferenceServerException, subject: str, timeout_s: float | Non
     if code in ("INVALID_ARGUMENT", "400"):
         return InvalidInput(f"{subject}: invalid input: {message}")
     return InferenceFailed(f"{subject}: inference failed: {message}")
+
+
+def server_not_ready(error: ModelNotReady) -> ServerUnavailable:
+    """A model missing from a server that is not ready itself: it is stopping (Triton unloads
+    every model first) or still starting, so another server, or this one later, may answer."""
+    return ServerUnavailable(f"{error} (the server is not ready: stopping or starting)")

@@ -25,9 +25,9 @@ import tritonclient.http as httpclient
 from numpy.typing import NDArray
 
 from clients._base import ClientBase, Protocol
-from clients._boundary import translate
+from clients._boundary import server_not_ready, translate
 from clients.channel import GrpcChannelOptions
-from clients.errors import ClientError, InferenceTimeout, ServerUnavailable
+from clients.errors import ClientError, InferenceTimeout, ModelNotReady, ServerUnavailable
 from clients.shm import InputRegions
 from clients.validation import ModelSignature
 
@@ -90,6 +90,30 @@ class TritonClient(ClientBase):
         **kwargs: Any,
     ) -> Any:
         """Call tritonclient's `method` once, within the deadline, translating what it raises."""
+        try:
+            return self._call_once(
+                method, *args, model=model, deadline_s=deadline_s, as_json=as_json, loading=loading, **kwargs
+            )
+        except ModelNotReady as error:
+            if model is None or loading or self._server_ready():
+                raise
+            raise server_not_ready(error) from error
+
+    def _server_ready(self) -> bool:
+        with contextlib.suppress(ClientError):
+            return bool(self._call("is_server_ready"))
+        return False
+
+    def _call_once(
+        self,
+        method: str,
+        *args: Any,
+        model: str | None = None,
+        deadline_s: float | None = None,
+        as_json: bool = False,
+        loading: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         deadline = self._timeout(deadline_s)
         with translate(model, deadline, loading=loading):
             if self.protocol == "grpc":

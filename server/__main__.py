@@ -2,6 +2,8 @@
 
 Ports come from TRITON_HTTP_PORT, TRITON_GRPC_PORT and TRITON_METRICS_PORT (8000/8001/8002 by
 default) unless given as flags. Ctrl-C or SIGTERM stops the server and its stub processes.
+A model whose stub process dies is reloaded (see server/supervisor.py). Log settings and tracing
+need the admin key, TRITON_ADMIN_KEY (header `admin-key`); set, model control needs it too.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def main() -> int:
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("TRITON_METRICS_PORT", 8002)))
     parser.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default="none")
     parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument(
+        "--no-supervise",
+        action="store_true",
+        help="do not reload a model whose stub process died (and keep --model-control-mode as given)",
+    )
     args = parser.parse_args()
     server = EmbeddedTriton(
         repository=args.repo,
@@ -46,6 +53,7 @@ def main() -> int:
         host=args.host,
         model_control_mode=args.model_control_mode,
         log_verbose=args.log_verbose,
+        supervise=not args.no_supervise,
     )
 
     signals_seen = 0

@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +30,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from server.supervisor import StubSupervisor
+
 __all__ = [
+    "ADMIN_HEADER",
     "BATCHING_RUNTIME",
     "COMPILED_RUNTIME",
     "EmbeddedTriton",
@@ -49,6 +54,8 @@ _PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 EXIT_TIMEOUT_S = 30
+ADMIN_HEADER = "admin-key"
+"""The HTTP header holding the admin key (gRPC prefixes it: `triton-grpc-protocol-admin-key`)."""
 
 
 def server_flags(model_control_mode: str = "none", exit_timeout_s: int = EXIT_TIMEOUT_S) -> list[str]:
@@ -180,7 +187,18 @@ class EmbeddedTriton:
     log_verbose: int = 0
     extra_args: Sequence[str] = ()
     log_file: Path | None = None
+    supervise: bool = True
+    """Reload a model whose stub process died (see server.supervisor); with model_control_mode
+    "none" the server then runs in explicit mode with every model loaded at start."""
+    admin_key: str | None = field(default_factory=lambda: os.environ.get("TRITON_ADMIN_KEY") or None, repr=False)
+    """Unlocks the admin APIs: requests send it in the `admin-key` header (gRPC metadata
+    `triton-grpc-protocol-admin-key`). Unset, log settings and tracing are locked with a random
+    key and model control is left to whoever reaches the ports (loopback by default); set, model
+    control needs it too."""
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _key: str = field(default="", init=False, repr=False)
+    _reloads: list[dict[str, object]] = field(default_factory=list, init=False, repr=False)
+    _supervisor: StubSupervisor | None = field(default=None, init=False, repr=False)
     _log_handle: IO[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -199,8 +217,20 @@ class EmbeddedTriton:
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
+    @property
+    def reloads(self) -> list[dict[str, object]]:
+        """The supervisor's recoveries since start(), kept after stop(): model, instances lost, and
+        seconds to serve again (or the error)."""
+        return list(self._reloads)
+
     def command(self, installation: TritonInstallation) -> list[str]:
         """The tritonserver command line."""
+        mode, control = self.model_control_mode, []
+        if self.supervise and mode == "none":
+            mode, control = "explicit", ["--load-model=*"]  # reloading needs model control
+        # The repository index shares model control's lock, and clients list models with it.
+        locked = ["logging", "trace", *(["model-repository"] if self.admin_key else [])]
+        restricted = f"{','.join(locked)}:{ADMIN_HEADER}={self._key}"
         return [
             str(installation.binary),
             f"--model-repository={self.repository.resolve()}",
@@ -211,7 +241,10 @@ class EmbeddedTriton:
             f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
-            *server_flags(self.model_control_mode, self.exit_timeout_s),
+            *server_flags(mode, self.exit_timeout_s),
+            *control,
+            f"--http-restricted-api={restricted}",
+            f"--grpc-restricted-protocol={restricted}",
             f"--log-verbose={self.log_verbose}",
             *self.extra_args,
         ]
@@ -234,8 +267,17 @@ class EmbeddedTriton:
                 f"model repository {self.repository} holds no model (no <model>/config.pbtxt): a server of it "
                 "would report ready and serve nothing; build it with `make build-repo` (its summary says what failed)"
             )
+        taken = [port for port in (self.http_port, self.grpc_port, self.metrics_port) if _in_use(self.host, port)]
+        if taken:
+            # Checked first: a readiness probe would reach the other server and call this one ready.
+            raise ServerError(
+                f"port(s) {', '.join(map(str, taken))} on {self.host} are in use (another Triton server?); stop it, "
+                "or choose other ports (TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT)"
+            )
         installation = find_installation()
         prepare_backends(self.backend_dir, installation)
+        self._key = self.admin_key or secrets.token_urlsafe(24)
+        self._reloads.clear()
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             filter(None, [str(installation.libraries), env.get("LD_LIBRARY_PATH"), *cuda_library_dirs()])
@@ -258,6 +300,24 @@ class EmbeddedTriton:
             except BaseException:
                 self.stop()
                 raise
+            self.start_supervisor()
+
+    def start_supervisor(self) -> None:
+        """Watch the stubs from now on (start() does this once the server is ready)."""
+        if self.supervise and self._process is not None and self._supervisor is None:
+            self._supervisor = StubSupervisor(
+                self._process.pid, self.http_url, {ADMIN_HEADER: self._key}, self._note, self._reloads
+            )
+            self._supervisor.start()
+
+    def _note(self, line: str) -> None:
+        """The supervisor's lines, into the server's log (or stderr, where the server writes)."""
+        stamped = f"[kit supervisor] {time.strftime('%H:%M:%S')} {line}\n"
+        if self._log_handle is not None:
+            self._log_handle.write(stamped.encode())
+            self._log_handle.flush()
+        else:
+            sys.stderr.write(stamped)
 
     def wait_until_ready(self, timeout_s: float = 180.0) -> None:
         """Poll /v2/health/ready until the server and every model in it are ready.
@@ -286,6 +346,10 @@ class EmbeddedTriton:
     def stop(self) -> int | None:
         """Stop the server gracefully (SIGTERM, then SIGKILL after the exit timeout); return its exit code."""
         process, self._process = self._process, None
+        if self._supervisor is not None:
+            self._supervisor.stop()  # the stubs' exits below are no crash
+            self._supervisor.join(timeout=5)
+            self._supervisor = None
         if process is None:
             return None
         try:
@@ -303,6 +367,8 @@ class EmbeddedTriton:
 
     def terminate(self) -> None:
         """Ask the server to shut down (SIGTERM) without waiting; safe inside a signal handler."""
+        if self._supervisor is not None:
+            self._supervisor.stop()
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
 
@@ -331,6 +397,16 @@ class EmbeddedTriton:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Triton binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def _kill_group(pgid: int) -> None:

@@ -17,3 +17,16 @@ class Fragile:
         if (x > 100).any():
             raise RuntimeError("x over 100 overflows a table")
         return {"y": (x * 2).astype(np.float32)}
+
+
+class Slow:
+    """y = x, after `seconds` of work: a request that is still running when the server is told to stop."""
+
+    def __init__(self, seconds: float = 3.0) -> None:
+        self.seconds = seconds
+
+    def __call__(self, inputs: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        import time
+
+        time.sleep(self.seconds)
+        return {"y": inputs["x"].astype(np.float32)}

@@ -1,0 +1,152 @@
+"""Faults on the served side, in the spirit of Triton's L0_lifecycle tests: a backend process
+killed under load, a server stopped with requests in flight, admin APIs asked for without the key.
+Each asserts what a client of the kit sees."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from clients import ClientError, ServerUnavailable, TritonClient
+from server.supervisor import stub_processes
+from tests.conftest import linear_model
+from tests.integration.conftest import build_entries, make_server
+
+pytestmark = [pytest.mark.server]
+
+X = np.random.default_rng(0).normal(size=(1, 4)).astype(np.float32)
+
+
+def test_a_killed_backend_process_costs_no_request_of_a_retrying_client(tmp_path: Path) -> None:
+    """kill -9 of the stub serving a model under load: the supervisor reloads the model, and the
+    client's retries carry every request over the gap (Triton alone fails them for good)."""
+    repo = build_entries(tmp_path, linear_model(dynamic_batching={"max_queue_delay_microseconds": 500}))
+    server = make_server(repo, tmp_path)
+    server.start(timeout_s=240)
+    stop, outcomes = threading.Event(), []
+
+    def load() -> None:
+        with TritonClient(server.grpc_url, retries=4, backoff_s=0.2) as client:
+            while not stop.is_set():
+                try:
+                    client.infer("linear", {"x": X})
+                    outcomes.append((time.monotonic(), None))
+                except ClientError as error:
+                    outcomes.append((time.monotonic(), error))
+
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for _ in range(4):
+                pool.submit(load)
+            time.sleep(1.0)
+            (victim,) = [pid for pid, name in stub_processes(server.pid or 0).items() if name.startswith("linear_")]
+            killed_at = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while not server.reloads and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(2.0)  # load goes on against the reloaded model
+            stop.set()
+        log = server.log_tail(lines=10_000)
+    finally:
+        stop.set()
+        server.stop()
+    (reload,) = server.reloads or [{}]
+    assert reload.get("model") == "linear" and "error" not in reload, reload
+    failures = [error for _, error in outcomes if error is not None]
+    after = [error for at, error in outcomes if at > killed_at]
+    print(
+        f"stub kill: model serves again {reload['seconds']} s after the reload began; {len(after)} requests "
+        f"after the kill, {len(failures)} failed"
+    )
+    assert failures == []
+    assert len(after) > 20  # the load went on through the gap and after it
+    assert "[kit supervisor]" in log and "died: reloading model 'linear'" in log
+
+
+def test_a_model_unloading_in_a_drain_is_answered_as_unavailable_and_in_flight_work_finishes(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM with a slow request in flight: Triton unloads the idle model at once and waits for
+    the busy one. A request to the unloaded model must read as a stopping server (retryable, so
+    a client behind two servers moves on), not as a missing model."""
+    slow = {
+        "name": "slow",
+        "kind": "python",
+        "source": "tests.tiny_processors:Slow",
+        "options": {"seconds": 4.0},
+        "max_batch_size": 8,
+        "inputs": [{"name": "x", "dtype": "TYPE_FP32", "dims": [4]}],
+        "outputs": [{"name": "y", "dtype": "TYPE_FP32", "dims": [4]}],
+    }
+    repo = build_entries(tmp_path, linear_model(), slow)
+    server = make_server(repo, tmp_path)
+    server.start(timeout_s=240)
+    try:
+        with TritonClient(server.grpc_url) as busy, TritonClient(server.grpc_url, retries=0) as client:
+            client.infer("linear", {"x": X})
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                in_flight = pool.submit(busy.infer, "slow", {"x": X})
+                time.sleep(1.0)
+                server.terminate()
+                errors: list[ClientError] = []
+                while not in_flight.done():  # the whole drain: "stopping" first, then the model is gone
+                    try:
+                        client.infer("linear", {"x": X})
+                    except ClientError as error:
+                        errors.append(error)
+                    time.sleep(0.05)
+                finished = in_flight.result(timeout=30)
+    finally:
+        server.stop()
+    assert errors, "the drain never refused a request"
+    assert [e for e in errors if not isinstance(e, ServerUnavailable)] == []
+    # Once the idle model is unloaded, Triton answers NOT_FOUND; the client asks the server.
+    assert any("has no available versions (the server is not ready: stopping or starting)" in str(e) for e in errors)
+    np.testing.assert_array_equal(finished["y"], X)
+
+
+def test_log_settings_and_model_control_need_the_admin_key(tmp_path: Path) -> None:
+    repo = build_entries(tmp_path, linear_model())
+    server = make_server(repo, tmp_path)
+    server.admin_key = "s3cret"
+    server.start(timeout_s=240)
+    try:
+        client = httpclient.InferenceServerClient(server.http_url)
+        for call in (
+            lambda headers: client.update_log_settings({"log_verbose_level": 1}, headers=headers),
+            lambda headers: client.unload_model("linear", headers=headers),
+        ):
+            with pytest.raises(InferenceServerException, match="This API is restricted, expecting header 'admin-key'"):
+                call(None)
+            with pytest.raises(InferenceServerException, match="restricted"):
+                call({"admin-key": "guess"})
+        client.update_log_settings({"log_verbose_level": 0}, headers={"admin-key": "s3cret"})
+        assert client.is_model_ready("linear")  # nothing above reached the model
+        with TritonClient(server.grpc_url) as kit:
+            kit.infer("linear", {"x": X})
+    finally:
+        server.stop()
+
+
+def test_a_second_server_on_ports_in_use_refuses_to_start_instead_of_reporting_ready(tmp_path: Path) -> None:
+    repo = build_entries(tmp_path, linear_model())
+    first = make_server(repo, tmp_path / "first")
+    first.start(timeout_s=240)
+    try:
+        second = make_server(repo, tmp_path / "second")
+        second.http_port = first.http_port
+        with pytest.raises(Exception, match=rf"port\(s\) {first.http_port} on 127.0.0.1 are in use"):
+            second.start(timeout_s=60)
+        assert second.pid is None
+    finally:
+        first.stop()
