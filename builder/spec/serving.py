@@ -26,12 +26,16 @@ Positive = Annotated[int, Field(ge=1)]
 
 
 class QueuePolicy(Strict):
-    """What happens to queued requests: how long they may wait and how many may wait."""
+    """What happens to queued requests: how long they may wait and how many may wait.
+
+    Bounded by default, so overload is answered at once (UNAVAILABLE, "exceeds maximum queue
+    size") instead of growing the queue, its latency and the server's memory without limit, and
+    a request its client has given up on does not run 10 s later. 0 means unbounded."""
 
     timeout_action: Literal["REJECT", "DELAY"] = "REJECT"
-    default_timeout_microseconds: NonNegative = 0
-    allow_timeout_override: bool = False
-    max_queue_size: NonNegative = 0
+    default_timeout_microseconds: NonNegative = 10_000_000
+    allow_timeout_override: bool = True
+    max_queue_size: NonNegative = 256
 
 
 class DynamicBatching(Strict):
@@ -42,7 +46,8 @@ class DynamicBatching(Strict):
     preserve_ordering: bool = False
     priority_levels: NonNegative = 0
     default_priority_level: NonNegative = 0
-    default_queue_policy: QueuePolicy | None = None
+    default_queue_policy: QueuePolicy | None = Field(default_factory=QueuePolicy)
+    """The bounded default above; `null` leaves the queue unbounded, as Triton does."""
     priority_queue_policy: dict[Positive, QueuePolicy] = Field(default_factory=dict)
 
 

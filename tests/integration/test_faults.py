@@ -150,3 +150,44 @@ def test_a_second_server_on_ports_in_use_refuses_to_start_instead_of_reporting_r
         assert second.pid is None
     finally:
         first.stop()
+
+
+def test_overload_is_refused_at_once_while_admitted_requests_are_answered(tmp_path: Path) -> None:
+    """A queue bounded at 2 on a model busy for 1 s a request: of 12 sent at once, those beyond
+    the one running and the two queued are refused as unavailable (retryable), none fails."""
+    slow = {
+        "name": "slow",
+        "kind": "python",
+        "source": "tests.tiny_processors:Slow",
+        "options": {"seconds": 1.0},
+        "max_batch_size": 1,
+        "inputs": [{"name": "x", "dtype": "TYPE_FP32", "dims": [4]}],
+        "outputs": [{"name": "y", "dtype": "TYPE_FP32", "dims": [4]}],
+        "dynamic_batching": {"default_queue_policy": {"max_queue_size": 2}},
+    }
+    repo = build_entries(tmp_path, slow)
+    server = make_server(repo, tmp_path)
+    server.start(timeout_s=240)
+    clients = [TritonClient(server.grpc_url, retries=0, timeout_s=60) for _ in range(12)]
+    try:
+        for client in clients:
+            client.signature("slow")  # connected and described before the burst
+
+        def call(client: TritonClient) -> object:
+            try:
+                return client.infer("slow", {"x": X})
+            except ClientError as error:
+                return error
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            results = list(pool.map(call, clients))
+    finally:
+        for client in clients:
+            client.close()
+        server.stop()
+    answered = [r for r in results if isinstance(r, dict)]
+    refused = [r for r in results if not isinstance(r, dict)]
+    assert refused and all(
+        isinstance(r, ServerUnavailable) and "exceeds maximum queue size" in str(r).lower() for r in refused
+    )
+    assert len(answered) >= 3 and all(np.array_equal(r["y"], X) for r in answered)
