@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,7 +33,8 @@ def test_a_killed_backend_process_costs_no_request_of_a_retrying_client(tmp_path
     repo = build_entries(tmp_path, linear_model(dynamic_batching={"max_queue_delay_microseconds": 500}))
     server = make_server(repo, tmp_path)
     server.start(timeout_s=240)
-    stop, outcomes = threading.Event(), []
+    stop = threading.Event()
+    outcomes: list[tuple[float, ClientError | None]] = []
 
     def load() -> None:
         with TritonClient(server.grpc_url, retries=4, backoff_s=0.2) as client:
@@ -191,3 +193,56 @@ def test_overload_is_refused_at_once_while_admitted_requests_are_answered(tmp_pa
         isinstance(r, ServerUnavailable) and "exceeds maximum queue size" in str(r).lower() for r in refused
     )
     assert len(answered) >= 3 and all(np.array_equal(r["y"], X) for r in answered)
+
+
+def test_a_rolling_restart_behind_a_retrying_client_fails_no_request(tmp_path: Path) -> None:
+    """Two servers of one repository, one stopped (SIGTERM) under load: every request the
+    stopping server refuses or drops comes back as ServerUnavailable, so a caller that moves to
+    the other server on it (what a Kubernetes Service does for the kit's client) loses none."""
+    repo = build_entries(tmp_path, linear_model(dynamic_batching={"max_queue_delay_microseconds": 500}))
+    servers = [make_server(repo, tmp_path / name) for name in ("a", "b")]
+    for server in servers:
+        server.start(timeout_s=240)
+    stop, served = threading.Event(), Counter[int]()
+    failures: list[Exception] = []
+
+    def caller() -> None:
+        clients = [TritonClient(s.grpc_url, retries=0) for s in servers]
+        turn = 0
+        try:
+            while not stop.is_set():
+                for attempt in range(2):  # this server, then the other one
+                    index = (turn + attempt) % 2
+                    try:
+                        clients[index].infer("linear", {"x": X})
+                        served[index] += 1
+                        break
+                    except ServerUnavailable:
+                        continue
+                    except ClientError as error:
+                        failures.append(error)
+                        break
+                else:
+                    failures.append(AssertionError("both servers refused"))
+                turn += 1
+        finally:
+            for client in clients:
+                client.close()
+
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for _ in range(4):
+                pool.submit(caller)
+            time.sleep(1.0)
+            before = dict(served)
+            servers[0].terminate()
+            code = servers[0].wait()
+            time.sleep(1.0)
+            stop.set()
+    finally:
+        stop.set()
+        for server in servers:
+            server.stop()
+    assert failures == []
+    assert code == 0 and before.get(0, 0) > 0  # the first server had its share, then exited cleanly
+    assert served[1] > before.get(1, 0) + 20  # the second one took the load over
