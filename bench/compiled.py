@@ -13,7 +13,8 @@ memory and outputs back to it, engines taking turns over rounds (their ratio hol
 noisy machine better than either figure). Served: batch-1 requests from closed-loop clients (4
 on cpu; 64 and 256 over client processes on gpu), engines one after the other in one server.
 On gpu, where the time of one max-size call goes: copying its inputs to the GPU, the compiled
-model on inputs already there, the whole call. Each compiled variant's compile and load seconds
+model on inputs already there, the whole call, ONNX Runtime's whole call, and the ratio to it
+that the compiled call could reach were its kernels free (Amdahl's bound). Each compiled variant's compile and load seconds
 are the build's (its build.json). Results go to bench/results/compiled-<target>.json.
 """
 
@@ -135,7 +136,9 @@ def where_time_goes(repo: Path, family: str, calls: int = 50) -> dict[str, Any]:
     """GPU only: one max-size batch through the compiled variant split into its parts, since a
     small model's call is bound by moving its inputs, not by its kernels."""
     model = next(m for label, m, _ in ENGINES["gpu"][family] if label.startswith("compiled"))
+    baseline = next(m for label, m, _ in ENGINES["gpu"][family] if label.startswith("onnx"))
     package = CompiledPackage(str(repo / model / "1"), "cuda:0")
+    onnx_call = engine(repo, baseline, "onnx", "gpu")
     feed = payload(family, MAX_BATCH[family])
     resident = [torch.from_numpy(feed[name]).to("cuda") for name in package.inputs]
     resident = [t.to(package.dtype) if t.is_floating_point() else t for t in resident]
@@ -161,7 +164,12 @@ def where_time_goes(repo: Path, family: str, calls: int = 50) -> dict[str, Any]:
             "host_to_device_ms": timed(lambda: [torch.from_numpy(a).to("cuda") for a in feed.values()]),
             "compiled_on_device_ms": timed(on_device),
             "whole_call_ms": timed(lambda: package(feed)),
+            f"{baseline}_whole_call_ms": timed(lambda: onnx_call(feed)),
         }
+    # Amdahl's bound: were the compiled kernels free, the call would still pay for everything else.
+    rest = parts["whole_call_ms"] - parts["compiled_on_device_ms"]
+    parts["ratio_to_onnx"] = round(parts[f"{baseline}_whole_call_ms"] / parts["whole_call_ms"], 2)
+    parts["ratio_to_onnx_if_kernels_were_free"] = round(parts[f"{baseline}_whole_call_ms"] / rest, 2)
     print(f"where the time goes, {model} at batch {MAX_BATCH[family]}: {parts}", flush=True)
     return parts
 
