@@ -18,6 +18,7 @@ from clients.errors import (
     InferenceTimeout,
     InvalidInput,
     ModelNotReady,
+    ServerOverloaded,
     ServerUnavailable,
 )
 from clients.retry import RetryPolicy
@@ -34,6 +35,7 @@ __all__ = [
     "ModelNotReady",
     "ModelSignature",
     "RetryPolicy",
+    "ServerOverloaded",
     "ServerUnavailable",
     "TritonClient",
 ]

@@ -3,6 +3,7 @@ and reading responses the same way over gRPC and HTTP. No I/O happens here."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -22,6 +23,19 @@ Protocol = Literal["grpc", "http"]
 LOAD_TIMEOUT_S = 600.0
 """The least time load_model and unload_model wait unless told otherwise."""
 
+ADMIN_HEADER = "admin-key"
+"""The header the kit's server expects its admin key in (server.embedded.ADMIN_HEADER)."""
+_ADMIN_CALLS = frozenset(
+    {
+        "load_model",
+        "unload_model",
+        "get_model_repository_index",
+        "register_system_shared_memory",
+        "unregister_system_shared_memory",
+    }
+)
+"""The calls a server with an admin key set locks (model-repository and shared-memory APIs)."""
+
 
 class ClientBase:
     """Settings and protocol details common to TritonClient and AsyncTritonClient."""
@@ -35,6 +49,7 @@ class ClientBase:
         retries: int,
         backoff_s: float,
         channel_options: GrpcChannelOptions | None,
+        admin_key: str | None = None,
     ) -> None:
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol {protocol!r} is not supported; use 'grpc' or 'http'")
@@ -45,10 +60,19 @@ class ClientBase:
         self.timeout_s = timeout_s
         self.retry = RetryPolicy(retries=retries, backoff_s=backoff_s)
         self.channel_options = channel_options or GrpcChannelOptions()
+        self.admin_key = admin_key if admin_key is not None else os.environ.get("TRITON_ADMIN_KEY") or None
         self._signatures: dict[tuple[str, str], ModelSignature] = {}
         # Shared memory regions the server would not unregister yet: a request that timed out on
         # our side still reads them. Retried before the next shared-memory call and on close().
         self._busy_regions: list[str] = []
+
+    def _admin_headers(self, method: str) -> dict[str, Any]:
+        """The admin key, as the `headers` argument of a call the server may lock."""
+        if self.admin_key is None or method not in _ADMIN_CALLS:
+            return {}
+        # Triton reads a restricted gRPC protocol's key from metadata with this prefix.
+        name = ADMIN_HEADER if self.protocol == "http" else f"triton-grpc-protocol-{ADMIN_HEADER}"
+        return {"headers": {name: self.admin_key}}
 
     def _timeout(self, timeout_s: float | None) -> float:
         return self.timeout_s if timeout_s is None else timeout_s

@@ -27,6 +27,7 @@ from clients.errors import (
     InferenceTimeout,
     InvalidInput,
     ModelNotReady,
+    ServerOverloaded,
     ServerUnavailable,
 )
 
@@ -34,8 +35,9 @@ __all__ = ["DeadlineExpired", "classify", "server_not_ready", "translate"]
 
 # Messages are only consulted when the status says little: none, or HTTP's catch-all 400/500.
 _GENERIC_CODES = ("", "400", "500", "UNKNOWN", "INTERNAL")
+_QUEUE_FULL = "exceeds maximum queue size"
 _UNAVAILABLE_HINTS = (
-    "exceeds maximum queue size",
+    _QUEUE_FULL,
     "failed to connect",
     "connection refused",
     "server is stopping",
@@ -92,6 +94,8 @@ def classify(exc: InferenceServerException, subject: str, timeout_s: float | Non
         return InferenceTimeout(f"{subject}: no answer within {timeout_s}s: {message}")
     # Unavailability before timeouts: a refused connection must never read as a timeout.
     if code in ("UNAVAILABLE", "503") or (generic and any(hint in lowered for hint in _UNAVAILABLE_HINTS)):
+        if _QUEUE_FULL in lowered:
+            return ServerOverloaded(f"{subject}: queue full, refused: {message}")
         return ServerUnavailable(f"{subject}: server unavailable: {message}")
     if code in ("DEADLINE_EXCEEDED", "504") or (generic and any(hint in lowered for hint in _TIMEOUT_HINTS)):
         return InferenceTimeout(f"{subject}: no answer within {timeout_s}s: {message}")

@@ -43,6 +43,7 @@ class AsyncTritonClient(ClientBase):
         retries: int = 2,
         backoff_s: float = 0.05,
         channel_options: GrpcChannelOptions | None = None,
+        admin_key: str | None = None,
     ) -> None:
         """Set the client up; it connects on the first call, inside the running event loop.
 
@@ -53,6 +54,8 @@ class AsyncTritonClient(ClientBase):
             retries: further attempts of a call the server refused as unavailable.
             backoff_s: the pause before the first retry; it doubles with each retry, with jitter.
             channel_options: gRPC channel settings (message sizes, keepalive); ignored for HTTP.
+            admin_key: sent with model control, repository index and shared-memory calls, which a
+                server started with TRITON_ADMIN_KEY locks; None reads TRITON_ADMIN_KEY.
         """
         super().__init__(
             url,
@@ -61,6 +64,7 @@ class AsyncTritonClient(ClientBase):
             retries=retries,
             backoff_s=backoff_s,
             channel_options=channel_options,
+            admin_key=admin_key,
         )
         self._client: Any = None
 
@@ -110,6 +114,7 @@ class AsyncTritonClient(ClientBase):
         **kwargs: Any,
     ) -> Any:
         deadline = self._timeout(deadline_s)
+        kwargs.update(self._admin_headers(method))
         with translate(model, deadline, loading=loading):
             client = self._connection()
             if self.protocol == "grpc":

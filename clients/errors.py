@@ -2,6 +2,7 @@
 
     ClientError                root of everything a client call can raise
     ├── ServerUnavailable      the server cannot be reached, or refuses work (overload, shutting down)
+    │   └── ServerOverloaded   the model's queue is full: refused at once, nothing ran
     ├── ModelNotReady          the model is unknown to the server or not loaded
     ├── InvalidInput           the server rejected the request's inputs (name, dtype, shape)
     ├── InferenceTimeout       no answer within the call's timeout
@@ -14,7 +15,15 @@ asyncio). Validation against the model's metadata raises InvalidInput before any
 
 from __future__ import annotations
 
-__all__ = ["ClientError", "InferenceFailed", "InferenceTimeout", "InvalidInput", "ModelNotReady", "ServerUnavailable"]
+__all__ = [
+    "ClientError",
+    "InferenceFailed",
+    "InferenceTimeout",
+    "InvalidInput",
+    "ModelNotReady",
+    "ServerOverloaded",
+    "ServerUnavailable",
+]
 
 
 class ClientError(Exception):
@@ -23,6 +32,12 @@ class ClientError(Exception):
 
 class ServerUnavailable(ClientError):
     """Raised when the server cannot be reached (refused, reset, down) or answers UNAVAILABLE."""
+
+
+class ServerOverloaded(ServerUnavailable):
+    """Raised when the model's queue is full and the server refused the request on arrival (its
+    queue policy's `max_queue_size`): the request never ran, so retrying it later, or on another
+    server, is safe. Load tests count these as rejected, apart from failures."""
 
 
 class ModelNotReady(ClientError):

@@ -87,4 +87,4 @@ class RetryPolicy:
 
     def _gave_up(self, error: ServerUnavailable) -> ClientError:
         attempts = f"{self.attempts} attempt{'s' if self.attempts > 1 else ''}"
-        return ServerUnavailable(f"{error} (gave up after {attempts})")
+        return type(error)(f"{error} (gave up after {attempts})")  # an overload stays one

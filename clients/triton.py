@@ -50,6 +50,7 @@ class TritonClient(ClientBase):
         retries: int = 2,
         backoff_s: float = 0.05,
         channel_options: GrpcChannelOptions | None = None,
+        admin_key: str | None = None,
     ) -> None:
         """Open the connection (gRPC connects lazily, on the first call).
 
@@ -60,6 +61,8 @@ class TritonClient(ClientBase):
             retries: further attempts of a call the server refused as unavailable.
             backoff_s: the pause before the first retry; it doubles with each retry, with jitter.
             channel_options: gRPC channel settings (message sizes, keepalive); ignored for HTTP.
+            admin_key: sent with model control, repository index and shared-memory calls, which a
+                server started with TRITON_ADMIN_KEY locks; None reads TRITON_ADMIN_KEY.
         """
         super().__init__(
             url,
@@ -68,6 +71,7 @@ class TritonClient(ClientBase):
             retries=retries,
             backoff_s=backoff_s,
             channel_options=channel_options,
+            admin_key=admin_key,
         )
         self._client: Any = self._connect()
         self._lock = threading.Lock()  # guards _busy_regions: a gRPC client is shared by threads
@@ -115,6 +119,7 @@ class TritonClient(ClientBase):
         **kwargs: Any,
     ) -> Any:
         deadline = self._timeout(deadline_s)
+        kwargs.update(self._admin_headers(method))
         with translate(model, deadline, loading=loading):
             if self.protocol == "grpc":
                 return getattr(self._client, method)(*args, **kwargs, **self._grpc_kwargs(deadline, as_json=as_json))

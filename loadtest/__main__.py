@@ -120,8 +120,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--report-dir", type=Path, help="where the report goes (default reports/<model>-<protocol>-<time>)"
     )
-    parser.add_argument("--thresholds", type=Path, help="YAML with max_failure_ratio, max_p95_ms, min_rps")
+    parser.add_argument(
+        "--thresholds", type=Path, help="YAML with max_failure_ratio, max_rejected_ratio, max_p95_ms, min_rps"
+    )
     parser.add_argument("--max-failure-ratio", type=float, help="fail the run above this failure ratio (e.g. 0.01)")
+    parser.add_argument(
+        "--max-rejected-ratio", type=float, help="fail the run above this share refused by a full queue (e.g. 0.05)"
+    )
     parser.add_argument("--max-p95-ms", type=float, help="fail the run above this p95 latency")
     parser.add_argument("--min-rps", type=float, help="fail the run below this throughput")
     return parser
@@ -134,7 +139,7 @@ def _thresholds(args: argparse.Namespace) -> Thresholds:
         unknown = set(loaded) - set(Thresholds.__dataclass_fields__)
         if unknown:
             raise ValueError(
-                f"{args.thresholds}: unknown threshold(s) {sorted(unknown)}; allowed: max_failure_ratio, max_p95_ms, min_rps"
+                f"{args.thresholds}: unknown threshold(s) {sorted(unknown)}; allowed: {', '.join(Thresholds.__dataclass_fields__)}"
             )
         values.update(loaded)
     for name in Thresholds.__dataclass_fields__:
@@ -230,17 +235,18 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
 
 
 def _print(summary: dict[str, Any]) -> None:
-    header = f"{'users':>6} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'fail':>5} {'queue us':>9} {'infer us':>9} {'batch':>6}"
+    header = f"{'users':>6} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'fail':>5} {'reject':>6} {'queue us':>9} {'infer us':>9} {'batch':>6}"
     print(header)
     for step in summary["steps"]:
         server = step["server"] or {}
         print(
             f"{step['users']:>6} {step['rps']:>9.1f} {step['p50_ms']:>8.1f} {step['p95_ms']:>8.1f} {step['p99_ms']:>8.1f} "
-            f"{step['failures']:>5} {server.get('queue_us', 0):>9.0f} {server.get('compute_infer_us', 0):>9.0f} {server.get('avg_batch_size', 0):>6.2f}"
+            f"{step['failures']:>5} {step['rejected']:>6} {server.get('queue_us', 0):>9.0f} {server.get('compute_infer_us', 0):>9.0f} {server.get('avg_batch_size', 0):>6.2f}"
         )
     total = summary["total"]
     print(
-        f"total: {total['requests']} requests, {total['failures']} failed, {total['rps']:.1f} req/s, p95 {total['p95_ms']:.1f} ms"
+        f"total: {total['requests']} requests, {total['failures']} failed, {total['rejected']} rejected (queue full), "
+        f"{total['rps']:.1f} req/s, p95 {total['p95_ms']:.1f} ms"
     )
     if summary["generator"]["warning"]:
         print(f"warning: {summary['generator']['warning']}", file=sys.stderr)

@@ -24,8 +24,9 @@ from typing import Any, TextIO
 import numpy as np
 from numpy.typing import NDArray
 
-from clients import ClientError, TritonClient
+from clients import ClientError, ServerOverloaded, TritonClient
 from loadtest.payloads import generated_payload, load_arrays
+from loadtest.report import FAILED, OK, REJECTED
 from loadtest.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -125,7 +126,15 @@ def _log_request(response_time: float, exception: Exception | None, **_: Any) ->
     global _request_log
     if _request_log is None:
         _request_log = (SETTINGS.report_dir / f"requests-{os.getpid()}.csv").open("w", buffering=1 << 16)
-    _request_log.write(f"{time.time():.6f},{response_time:.3f},{0 if exception else 1}\n")
+    _request_log.write(f"{time.time():.6f},{response_time:.3f},{_outcome(exception)}\n")
+
+
+def _outcome(exception: Exception | None) -> int:
+    """The request log's outcome column: answered, failed, or rejected by a full queue (the
+    server protecting the requests it admitted; counted apart from failures)."""
+    if exception is None:
+        return OK
+    return REJECTED if isinstance(exception, ServerOverloaded) else FAILED
 
 
 @events.quitting.add_listener

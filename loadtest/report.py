@@ -12,7 +12,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Thresholds", "build_summary", "plot_steps", "violations"]
+__all__ = ["FAILED", "OK", "REJECTED", "Thresholds", "build_summary", "plot_steps", "violations"]
+
+# The outcome column of the request logs.
+FAILED, OK, REJECTED = 0, 1, 2
 
 _PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 
@@ -22,31 +25,38 @@ class Thresholds:
     """Limits the run must stay within; None disables one."""
 
     max_failure_ratio: float | None = None
+    max_rejected_ratio: float | None = None
     max_p95_ms: float | None = None
     min_rps: float | None = None
 
 
 def build_summary(report_dir: Path, run: dict[str, Any]) -> dict[str, Any]:
-    """Steps bounded by the server snapshots; requests from every process's request log."""
+    """Steps bounded by the server snapshots; requests from every process's request log.
+
+    Throughput and latency percentiles are those of answered requests: a refused or failed one
+    comes back fast and would flatter both (as perf_analyzer, which leaves them out too).
+    """
     snapshots = sorted(
         (json.loads(line) for line in (report_dir / "server_stats.jsonl").read_text().splitlines() if line.strip()),
         key=lambda s: s["step"],
     )
-    times, latencies, ok = _requests(report_dir)
+    times, latencies, outcomes = _requests(report_dir)
+    failed, rejected = outcomes == FAILED, outcomes == REJECTED
     steps = []
     for before, after in itertools.pairwise(snapshots):
         inside = (times >= before["time"]) & (times < after["time"])
         seconds = after["time"] - before["time"]
-        step_latencies = latencies[inside]
+        answered = inside & (outcomes == OK)
         steps.append(
             {
                 "step": before["step"],
                 "users": (before["step"] + 1) * run["step_users"],
                 "seconds": round(seconds, 3),
                 "requests": int(inside.sum()),
-                "failures": int((inside & ~ok).sum()),
-                "rps": round(float(inside.sum()) / seconds, 2) if seconds > 0 else 0.0,
-                **_percentiles(step_latencies),
+                "failures": int((inside & failed).sum()),
+                "rejected": int((inside & rejected).sum()),
+                "rps": round(float(answered.sum()) / seconds, 2) if seconds > 0 else 0.0,
+                **_percentiles(latencies[answered]),
                 "server": _server_breakdown(before, after),
             }
         )
@@ -55,10 +65,12 @@ def build_summary(report_dir: Path, run: dict[str, Any]) -> dict[str, Any]:
     inside = (times >= start) & (times < end)
     total = {
         "requests": int(inside.sum()),
-        "failures": int((inside & ~ok).sum()),
-        "failure_ratio": round(float((inside & ~ok).sum() / inside.sum()), 4) if inside.any() else 0.0,
-        "rps": round(float(inside.sum()) / (end - start), 2) if end > start else 0.0,
-        **_percentiles(latencies[inside]),
+        "failures": int((inside & failed).sum()),
+        "failure_ratio": _ratio(inside & failed, inside),
+        "rejected": int((inside & rejected).sum()),
+        "rejected_ratio": _ratio(inside & rejected, inside),
+        "rps": round(float((inside & (outcomes == OK)).sum()) / (end - start), 2) if end > start else 0.0,
+        **_percentiles(latencies[inside & (outcomes == OK)]),
     }
     return {**run, "steps": steps, "total": total}
 
@@ -71,6 +83,10 @@ def violations(summary: dict[str, Any], thresholds: Thresholds) -> list[str]:
         found.append("no request completed")
     if thresholds.max_failure_ratio is not None and total["failure_ratio"] > thresholds.max_failure_ratio:
         found.append(f"failure ratio {total['failure_ratio']:.2%} exceeds {thresholds.max_failure_ratio:.2%}")
+    if thresholds.max_rejected_ratio is not None and total["rejected_ratio"] > thresholds.max_rejected_ratio:
+        found.append(
+            f"rejected ratio {total['rejected_ratio']:.2%} (queue full) exceeds {thresholds.max_rejected_ratio:.2%}"
+        )
     if thresholds.max_p95_ms is not None and total["p95_ms"] > thresholds.max_p95_ms:
         found.append(f"p95 latency {total['p95_ms']:.1f} ms exceeds {thresholds.max_p95_ms:.1f} ms")
     if thresholds.min_rps is not None and total["rps"] < thresholds.min_rps:
@@ -114,9 +130,13 @@ def _requests(report_dir: Path) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any
         if line
     ]
     if not rows:
-        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool)
+        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
     table = np.array(rows, dtype=np.float64)
-    return table[:, 0], table[:, 1], table[:, 2] > 0
+    return table[:, 0], table[:, 1], table[:, 2].astype(np.int64)
+
+
+def _ratio(part: NDArray[Any], whole: NDArray[Any]) -> float:
+    return round(float(part.sum() / whole.sum()), 4) if whole.any() else 0.0
 
 
 def _percentiles(latencies: NDArray[Any]) -> dict[str, float]:

@@ -194,7 +194,8 @@ class EmbeddedTriton:
     """Unlocks the admin APIs: requests send it in the `admin-key` header (gRPC metadata
     `triton-grpc-protocol-admin-key`). Unset, log settings and tracing are locked with a random
     key and model control is left to whoever reaches the ports (loopback by default); set, model
-    control needs it too."""
+    control, the repository index and shared-memory registration need it too (the kit's clients
+    send TRITON_ADMIN_KEY)."""
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _key: str = field(default="", init=False, repr=False)
     _reloads: list[dict[str, object]] = field(default_factory=list, init=False, repr=False)
@@ -229,7 +230,7 @@ class EmbeddedTriton:
         if self.supervise and mode == "none":
             mode, control = "explicit", ["--load-model=*"]  # reloading needs model control
         # The repository index shares model control's lock, and clients list models with it.
-        locked = ["logging", "trace", *(["model-repository"] if self.admin_key else [])]
+        locked = ["logging", "trace", *(["model-repository", "shared-memory"] if self.admin_key else [])]
         restricted = f"{','.join(locked)}:{ADMIN_HEADER}={self._key}"
         return [
             str(installation.binary),

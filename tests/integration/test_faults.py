@@ -4,8 +4,11 @@ Each asserts what a client of the kit sees."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -17,9 +20,9 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from clients import ClientError, ServerUnavailable, TritonClient
+from clients import ClientError, ServerOverloaded, ServerUnavailable, TritonClient
 from server.supervisor import stub_processes
-from tests.conftest import linear_model
+from tests.conftest import ROOT, linear_model
 from tests.integration.conftest import build_entries, make_server
 
 pytestmark = [pytest.mark.server]
@@ -117,7 +120,8 @@ def test_a_model_unloading_in_a_drain_is_answered_as_unavailable_and_in_flight_w
     np.testing.assert_array_equal(finished["y"], X)
 
 
-def test_log_settings_and_model_control_need_the_admin_key(tmp_path: Path) -> None:
+def test_log_settings_and_model_control_need_the_admin_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_ADMIN_KEY", raising=False)
     repo = build_entries(tmp_path, linear_model())
     server = make_server(repo, tmp_path)
     server.admin_key = "s3cret"
@@ -135,7 +139,16 @@ def test_log_settings_and_model_control_need_the_admin_key(tmp_path: Path) -> No
         client.update_log_settings({"log_verbose_level": 0}, headers={"admin-key": "s3cret"})
         assert client.is_model_ready("linear")  # nothing above reached the model
         with TritonClient(server.grpc_url) as kit:
-            kit.infer("linear", {"x": X})
+            expected = kit.infer("linear", {"x": X})["y"]  # inference needs no key
+            for locked in (lambda: kit.infer("linear", {"x": X}, shared_memory=True), lambda: kit.models()):
+                with pytest.raises(ClientError, match="restricted"):
+                    locked()
+        for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
+            with TritonClient(url, protocol, admin_key="s3cret") as admin:
+                np.testing.assert_array_equal(admin.infer("linear", {"x": X}, shared_memory=True)["y"], expected)
+                admin.unload_model("linear")
+                admin.load_model("linear")
+                assert [m["state"] for m in admin.models()] == ["READY"]
     finally:
         server.stop()
 
@@ -190,9 +203,43 @@ def test_overload_is_refused_at_once_while_admitted_requests_are_answered(tmp_pa
     answered = [r for r in results if isinstance(r, dict)]
     refused = [r for r in results if not isinstance(r, dict)]
     assert refused and all(
-        isinstance(r, ServerUnavailable) and "exceeds maximum queue size" in str(r).lower() for r in refused
+        isinstance(r, ServerOverloaded) and "exceeds maximum queue size" in str(r).lower() for r in refused
     )
     assert len(answered) >= 3 and all(np.array_equal(r["y"], X) for r in answered)
+
+
+def test_a_load_test_counts_queue_refusals_as_rejected_not_failed(tmp_path: Path) -> None:
+    """Locust users beyond what a queue of 1 admits are refused at once; the report counts them
+    as rejected, keeps them out of throughput and latency, and a rejected-ratio threshold fails
+    the run on them."""
+    slow = {
+        "name": "slow",
+        "kind": "python",
+        "source": "tests.tiny_processors:Slow",
+        "options": {"seconds": 0.2},
+        "max_batch_size": 1,
+        "inputs": [{"name": "x", "dtype": "TYPE_FP32", "dims": [4]}],
+        "outputs": [{"name": "y", "dtype": "TYPE_FP32", "dims": [4]}],
+        "dynamic_batching": {"default_queue_policy": {"max_queue_size": 1}},
+    }
+    server = make_server(build_entries(tmp_path, slow), tmp_path)
+    server.start(timeout_s=240)
+    try:
+        report = tmp_path / "report"
+        run = subprocess.run(
+            [sys.executable, "-m", "loadtest", "--model", "slow", "--url", server.grpc_url, "--steps", "1",
+             "--step-seconds", "4", "--step-users", "8", "--report-dir", str(report), "--max-rejected-ratio", "0.01"],
+            cwd=ROOT, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+    finally:
+        server.stop()
+    total = json.loads((report / "summary.json").read_text())["total"]
+    # One running and one queued at a time: of 8 closed-loop users most are refused, none fails.
+    assert total["failures"] == 0 and total["rejected"] > total["requests"] / 2, total
+    assert total["rps"] <= 1 / 0.2 * 1.5, total  # answered ones only: the slow model's pace
+    assert total["p50_ms"] >= 200, total
+    assert run.returncode == 1 and "rejected ratio" in run.stdout + run.stderr, run.stdout + run.stderr
+    assert "rejected (queue full)" in run.stdout
 
 
 def test_a_rolling_restart_behind_a_retrying_client_fails_no_request(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from clients import (
     InvalidInput,
     ModelNotReady,
     RetryPolicy,
+    ServerOverloaded,
     ServerUnavailable,
 )
 from clients._boundary import DeadlineExpired, classify, translate
@@ -48,6 +49,12 @@ def test_only_an_unavailable_server_is_retried_and_the_last_error_counts_the_att
         policy.run(refused)
     assert len(calls) == 3
     assert str(caught.value) == ("model 'm': server unavailable: Exceeds maximum queue size (gave up after 3 attempts)")
+
+    def overloaded() -> None:
+        raise ServerOverloaded("model 'm': queue full, refused: Exceeds maximum queue size")
+
+    with pytest.raises(ServerOverloaded, match="gave up after 3 attempts"):  # still an overload, for load tests
+        policy.run(overloaded)
     for final in (InvalidInput, ModelNotReady, InferenceFailed, InferenceTimeout):
         calls.clear()
 
@@ -72,8 +79,9 @@ def test_only_an_unavailable_server_is_retried_and_the_last_error_counts_the_att
 
 GRPC_AND_HTTP_ERRORS = [
     ("StatusCode.UNAVAILABLE", "failed to connect to all addresses; Connection timed out", ServerUnavailable),
-    ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", ServerUnavailable),
-    ("503", "Exceeds maximum queue size", ServerUnavailable),
+    ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", ServerOverloaded),
+    ("503", "Exceeds maximum queue size", ServerOverloaded),
+    ("StatusCode.UNAVAILABLE", "Server is stopping", ServerUnavailable),
     ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", InferenceTimeout),
     ("StatusCode.UNAVAILABLE", "Request timeout expired", InferenceTimeout),  # the request's own, in the queue
     ("StatusCode.INVALID_ARGUMENT", "input 'ids' not found in the request", InvalidInput),
