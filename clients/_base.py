@@ -24,7 +24,7 @@ LOAD_TIMEOUT_S = 600.0
 """The least time load_model and unload_model wait unless told otherwise."""
 
 ADMIN_HEADER = "admin-key"
-"""The header the kit's server expects its admin key in (server.embedded.ADMIN_HEADER)."""
+"""The header the kit's server expects its admin key in (server.supervisor.ADMIN_HEADER; the client does not import the server)."""
 _ADMIN_CALLS = frozenset(
     {
         "load_model",

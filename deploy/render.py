@@ -21,7 +21,7 @@ import kubernetes_validate
 import yaml
 
 from deploy.interpolate import interpolation_problems
-from server.embedded import EXIT_TIMEOUT_S, server_flags
+from server.embedded import EXIT_TIMEOUT_S, SUPERVISOR_IN_CONTAINER, container_command
 
 __all__ = ["KUBERNETES_VERSION", "Manifests", "compose_problems", "manifest_problems", "render_manifests"]
 
@@ -52,6 +52,7 @@ class Manifests:
     cpu: str = "4"
     memory: str = "16Gi"
     s3_secret: str = "triton-s3-credentials"
+    admin_secret: str = "triton-admin-key"
 
     def render(self) -> str:
         """The manifests as one multi-document YAML text."""
@@ -66,7 +67,10 @@ class Manifests:
             name=self.name,
             repository=self.repository,
             image=TRITON_IMAGE.format(version=self.image_version),
-            server_flags=[f"--model-repository={self.repository if s3 else '/models'}", *server_flags()],
+            server_command=container_command(self.repository if s3 else "/models"),
+            supervisor_dir=str(Path(SUPERVISOR_IN_CONTAINER).parent),
+            supervisor_source=(ROOT / "server" / "supervisor.py").read_text(),
+            admin_secret=self.admin_secret,
             replicas=self.replicas,
             max_replicas=self.max_replicas,
             termination_grace_s=EXIT_TIMEOUT_S + 10,

@@ -30,18 +30,21 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from server.supervisor import StubSupervisor
+from server.supervisor import ADMIN_HEADER, StubSupervisor, restricted_flags
 
 __all__ = [
     "ADMIN_HEADER",
     "BATCHING_RUNTIME",
     "COMPILED_RUNTIME",
+    "SUPERVISOR_IN_CONTAINER",
     "EmbeddedTriton",
     "ServerError",
     "TritonInstallation",
+    "container_command",
     "cuda_library_dirs",
     "find_installation",
     "prepare_backends",
+    "server_environment",
 ]
 
 _KIT_BACKENDS = Path(__file__).resolve().parent / "backends"
@@ -54,8 +57,8 @@ _PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 EXIT_TIMEOUT_S = 30
-ADMIN_HEADER = "admin-key"
-"""The HTTP header holding the admin key (gRPC prefixes it: `triton-grpc-protocol-admin-key`)."""
+SUPERVISOR_IN_CONTAINER = "/opt/kit/supervisor.py"
+"""Where docker-compose.yml and the Kubernetes manifests mount server/supervisor.py."""
 
 
 def server_flags(model_control_mode: str = "none", exit_timeout_s: int = EXIT_TIMEOUT_S) -> list[str]:
@@ -65,6 +68,21 @@ def server_flags(model_control_mode: str = "none", exit_timeout_s: int = EXIT_TI
         f"--model-control-mode={model_control_mode}",
         "--strict-readiness=true",
         f"--exit-timeout-secs={exit_timeout_s}",
+    ]
+
+
+def container_command(model_repository: str = "/models") -> list[str]:
+    """The command NVIDIA's container runs (docker-compose.yml, the Kubernetes manifests): the
+    server with the shared flags, in explicit model-control mode with every model loaded, under
+    the kit's supervisor, which reloads a model whose stub process dies (as `make serve` does)."""
+    return [
+        "python3",
+        SUPERVISOR_IN_CONTAINER,
+        "--",
+        "tritonserver",
+        f"--model-repository={model_repository}",
+        *server_flags("explicit"),
+        "--load-model=*",
     ]
 
 
@@ -168,6 +186,18 @@ def cuda_library_dirs() -> list[str]:
     return folders
 
 
+def server_environment(installation: TritonInstallation) -> dict[str, str]:
+    """This process's environment as the wheel's server needs it: its libraries (and CUDA's, where
+    installed) on the loader's path, and this interpreter first on PATH."""
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        filter(None, [str(installation.libraries), env.get("LD_LIBRARY_PATH"), *cuda_library_dirs()])
+    )
+    # The stub embeds libpython and finds its packages from the first python on PATH: ours.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
 @dataclass
 class EmbeddedTriton:
     """A Triton server process serving `repository` on the given ports.
@@ -229,9 +259,6 @@ class EmbeddedTriton:
         mode, control = self.model_control_mode, []
         if self.supervise and mode == "none":
             mode, control = "explicit", ["--load-model=*"]  # reloading needs model control
-        # The repository index shares model control's lock, and clients list models with it.
-        locked = ["logging", "trace", *(["model-repository", "shared-memory"] if self.admin_key else [])]
-        restricted = f"{','.join(locked)}:{ADMIN_HEADER}={self._key}"
         return [
             str(installation.binary),
             f"--model-repository={self.repository.resolve()}",
@@ -244,8 +271,7 @@ class EmbeddedTriton:
             f"--metrics-port={self.metrics_port}",
             *server_flags(mode, self.exit_timeout_s),
             *control,
-            f"--http-restricted-api={restricted}",
-            f"--grpc-restricted-protocol={restricted}",
+            *restricted_flags(self._key, lock_model_control=self.admin_key is not None),
             f"--log-verbose={self.log_verbose}",
             *self.extra_args,
         ]
@@ -279,18 +305,12 @@ class EmbeddedTriton:
         prepare_backends(self.backend_dir, installation)
         self._key = self.admin_key or secrets.token_urlsafe(24)
         self._reloads.clear()
-        env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            filter(None, [str(installation.libraries), env.get("LD_LIBRARY_PATH"), *cuda_library_dirs()])
-        )
-        # The stub embeds libpython and finds its packages from the first python on PATH: ours.
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = self.log_file.open("ab")
         self._process = subprocess.Popen(
             self.command(installation),
-            env=env,
+            env=server_environment(installation),
             stdout=self._log_handle,
             stderr=subprocess.STDOUT if self._log_handle else None,
             start_new_session=True,  # its own process group: stop() ends the stubs with it

@@ -10,25 +10,54 @@ serves again within seconds and requests to the rest of the repository never not
 
 A reload needs the model-control API, so a supervised server runs in explicit model-control
 mode with every model loaded at start.
+
+The embedded server (`python -m server`) runs a supervisor thread. NVIDIA's container runs this
+file as its entrypoint's command (docker-compose.yml, deploy/kubernetes), around `tritonserver`:
+
+    python3 supervisor.py -- tritonserver --model-repository=/models --model-control-mode=explicit ...
+
+It needs nothing but the standard library of Python 3.10 (the NGC 24.10 image's), so it runs as
+a plain script there, mounted read-only.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import http.client
 import json
 import os
 import re
+import secrets
+import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
-__all__ = ["STUB", "StubSupervisor", "model_of", "stub_processes"]
+__all__ = ["ADMIN_HEADER", "STUB", "StubSupervisor", "main", "model_of", "restricted_flags", "stub_processes"]
+
+ADMIN_HEADER = "admin-key"
+"""The HTTP header holding the admin key (gRPC prefixes it: `triton-grpc-protocol-admin-key`)."""
 
 STUB = "triton_python_backend_stub"
 _INSTANCE_ARG = 8
 _INSTANCE = re.compile(r"(.+)_\d+_\d+")
 """Where the stub's command line names what it serves, in Triton 2.51."""
+
+
+def restricted_flags(key: str, lock_model_control: bool) -> list[str]:
+    """Triton's flags locking the admin APIs behind `key`: log settings and tracing always; model
+    control, the repository index and shared-memory registration too where the key was chosen
+    (left open otherwise, for whoever reaches the ports)."""
+    locked = ["logging", "trace", *(["model-repository", "shared-memory"] if lock_model_control else [])]
+    restricted = f"{','.join(locked)}:{ADMIN_HEADER}={key}"
+    return [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
 
 
 def stub_processes(group: int, proc: Path = Path("/proc")) -> dict[int, str]:
@@ -85,6 +114,10 @@ class StubSupervisor(threading.Thread):
         """Stop watching (before the server is stopped, so its own shutdown is not read as crashes)."""
         self._stopping.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     def run(self) -> None:
         known = stub_processes(self.group)
         while not self._stopping.wait(self.interval_s):
@@ -133,3 +166,65 @@ class StubSupervisor(threading.Thread):
         if response.status != 200:
             raise OSError(f"{method} {path}: HTTP {response.status}: {text}")
         return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `tritonserver` under a supervisor: its exit code is this one's; SIGTERM drains it."""
+    parser = argparse.ArgumentParser(
+        prog="supervisor.py",
+        description="Run tritonserver and reload any model whose Python-backend stub process dies.",
+        epilog="The admin key comes from TRITON_ADMIN_KEY (random per start where unset).",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- tritonserver FLAGS...")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("give the server's command line after --, e.g. -- tritonserver --model-repository=/models ...")
+    if "--model-control-mode=explicit" not in command:
+        parser.error(
+            "the supervisor reloads models through model control: add --model-control-mode=explicit "
+            "--load-model=* to the tritonserver command"
+        )
+    chosen = os.environ.get("TRITON_ADMIN_KEY") or None
+    key = chosen or secrets.token_urlsafe(24)
+    port = next((flag.split("=", 1)[1] for flag in command if flag.startswith("--http-port=")), "8000")
+    http_url = f"127.0.0.1:{port}"
+
+    def log(line: str) -> None:
+        print(f"[kit supervisor] {time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True)
+
+    # Its own process group: the stubs it starts are told apart from anything else in the container.
+    server = subprocess.Popen([*command, *restricted_flags(key, chosen is not None)], start_new_session=True)
+    supervisor = StubSupervisor(server.pid, http_url, {ADMIN_HEADER: key}, log, [])
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        supervisor.stop()  # the stubs' exits in the drain are no crash
+        if server.poll() is None:
+            server.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while server.poll() is None and not supervisor.stopping:
+        if _ready(http_url):
+            # Once every model has loaded: the stubs seen then are the ones to keep alive.
+            supervisor.start()
+            log(f"watching the stub processes of tritonserver (pid {server.pid})")
+            break
+        time.sleep(1.0)
+    code = server.wait()
+    supervisor.stop()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(server.pid, signal.SIGKILL)  # stubs a killed server left behind
+    return code
+
+
+def _ready(http_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,6 +21,13 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from clients import ClientError, ServerOverloaded, ServerUnavailable, TritonClient
+from server.embedded import (
+    SUPERVISOR_IN_CONTAINER,
+    container_command,
+    find_installation,
+    prepare_backends,
+    server_environment,
+)
 from server.supervisor import stub_processes
 from tests.conftest import ROOT, linear_model
 from tests.integration.conftest import build_entries, make_server
@@ -118,6 +125,47 @@ def test_a_model_unloading_in_a_drain_is_answered_as_unavailable_and_in_flight_w
     # Once the idle model is unloaded, Triton answers NOT_FOUND; the client asks the server.
     assert any("has no available versions (the server is not ready: stopping or starting)" in str(e) for e in errors)
     np.testing.assert_array_equal(finished["y"], X)
+
+
+def test_the_containers_supervisor_script_brings_a_killed_stub_back_and_drains_on_sigterm(tmp_path: Path) -> None:
+    """What docker-compose.yml and the Kubernetes manifests run, with the wheel's tritonserver in
+    place of the NGC image's: the same script and flags, the same recovery as `make serve`."""
+    repo = build_entries(tmp_path, linear_model())
+    ports = make_server(repo, tmp_path)  # for its free ports and backends folder
+    installation = find_installation()
+    prepare_backends(ports.backend_dir, installation)
+    in_container = container_command(str(repo.resolve()))
+    assert in_container[:4] == ["python3", SUPERVISOR_IN_CONTAINER, "--", "tritonserver"]
+    command = [
+        sys.executable, str(ROOT / "server" / "supervisor.py"), "--", str(installation.binary), *in_container[4:],
+        f"--backend-directory={ports.backend_dir.resolve()}", f"--cache-directory={installation.caches}",
+        "--http-address=127.0.0.1", f"--http-port={ports.http_port}", "--grpc-address=127.0.0.1",
+        f"--grpc-port={ports.grpc_port}", f"--metrics-port={ports.metrics_port}",
+    ]  # fmt: skip
+    log = tmp_path / "supervised.log"
+    with log.open("wb") as sink:
+        wrapper = subprocess.Popen(command, env=server_environment(installation), stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while "watching the stub processes" not in log.read_text() and time.monotonic() < deadline:
+            assert wrapper.poll() is None, log.read_text()
+            time.sleep(0.2)
+        (server_pid,) = [int(p) for p in Path(f"/proc/{wrapper.pid}/task/{wrapper.pid}/children").read_text().split()]
+        (victim,) = [pid for pid, name in stub_processes(server_pid).items() if name.startswith("linear_")]
+        with TritonClient(ports.grpc_url, retries=8, backoff_s=0.25) as client:
+            expected = client.infer("linear", {"x": X})["y"]
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while "serves again" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            np.testing.assert_array_equal(client.infer("linear", {"x": X})["y"], expected)
+        assert "stub process of linear_0_0 died: reloading model 'linear'" in log.read_text()
+        wrapper.send_signal(signal.SIGTERM)
+        assert wrapper.wait(timeout=60) == 0, log.read_text()
+        assert not Path(f"/proc/{server_pid}").exists() and stub_processes(server_pid) == {}
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
 
 
 def test_log_settings_and_model_control_need_the_admin_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,14 @@ import yaml
 
 from deploy.interpolate import interpolate
 from deploy.render import HPA_METRIC, compose_problems, manifest_problems, render_manifests
-from server.embedded import EXIT_TIMEOUT_S, EmbeddedTriton, find_installation, server_flags
+from server.embedded import (
+    EXIT_TIMEOUT_S,
+    SUPERVISOR_IN_CONTAINER,
+    EmbeddedTriton,
+    container_command,
+    find_installation,
+    server_flags,
+)
 from tests.conftest import ROOT
 
 INSTALL = {"docker-compose": "Debian: apt-get install docker-compose", "docker compose": "the Docker CLI plugin"}
@@ -176,17 +183,26 @@ def test_the_grafana_dashboard_charts_tritons_metrics() -> None:
     assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {source["datasources"][0]["uid"]}
 
 
-def test_every_deployment_starts_the_server_with_the_same_flags() -> None:
-    shared = server_flags()
-    assert SERVICES["triton"]["command"] == ["tritonserver", "--model-repository=/models", *shared]
-    (deployment,) = [d for d in render_manifests() if d["kind"] == "Deployment"]
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == ["--model-repository=/models", *shared]
-    plain = EmbeddedTriton(Path("model_repository"), Path(".triton/backends"), supervise=False)
-    assert all(flag in plain.command(find_installation()) for flag in shared)
-    # Supervised (the default), the one difference is model control, which its reloads need.
+def test_every_deployment_starts_the_server_with_the_same_flags_under_the_supervisor() -> None:
+    command = container_command()
+    assert command[:4] == ["python3", SUPERVISOR_IN_CONTAINER, "--", "tritonserver"]
+    assert SERVICES["triton"]["command"] == SERVICES["triton-cpu"]["command"] == command
+    assert "./server/supervisor.py:/opt/kit/supervisor.py:ro" in SERVICES["triton"]["volumes"]
+    documents = render_manifests()
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == command
+    # The script itself travels in a ConfigMap mounted where the command looks for it.
+    (kit,) = [d for d in documents if d["kind"] == "ConfigMap"]
+    assert kit["data"]["supervisor.py"] == (ROOT / "server" / "supervisor.py").read_text()
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "kit"]
+    assert mount["mountPath"] == str(Path(SUPERVISOR_IN_CONTAINER).parent)
+    assert {"name": "kit", "configMap": {"name": kit["metadata"]["name"]}} in pod["volumes"]
+    # The embedded server passes the same flags; unsupervised, it keeps the mode it is given.
     supervised = EmbeddedTriton(Path("model_repository"), Path(".triton/backends")).command(find_installation())
-    explicit = [flag.replace("=none", "=explicit") for flag in shared]
-    assert all(flag in supervised for flag in explicit) and "--load-model=*" in supervised
+    assert all(flag in supervised for flag in command[5:])
+    plain = EmbeddedTriton(Path("model_repository"), Path(".triton/backends"), supervise=False)
+    assert all(flag in plain.command(find_installation()) for flag in server_flags())
 
 
 @pytest.mark.parametrize("target", ["gpu", "cpu"])
@@ -199,6 +215,7 @@ def test_the_manifests_validate_against_the_kubernetes_schemas(target: str, repo
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
         "ServiceMonitor",
+        "ConfigMap",
     ]
     assert manifest_problems(documents) == []
 
@@ -217,7 +234,7 @@ def test_the_schema_check_catches_a_broken_manifest() -> None:
 
 @pytest.mark.parametrize("target", ["gpu", "cpu"])
 def test_the_manifests_keep_their_safety_defaults(target: str) -> None:
-    deployment, service, budget, autoscaler, monitor = render_manifests(target=target, repository="s3://bucket/repo")
+    deployment, service, budget, autoscaler, monitor, _ = render_manifests(target=target, repository="s3://bucket/repo")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
@@ -229,7 +246,11 @@ def test_the_manifests_keep_their_safety_defaults(target: str) -> None:
     assert ("nvidia.com/gpu" in limits) == (target == "gpu")
     assert pod["terminationGracePeriodSeconds"] > EXIT_TIMEOUT_S
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert all("valueFrom" in env and "value" not in env for env in container["env"])  # secrets never inlined
+    # Secrets (the admin key, S3 credentials) are never inlined: only this setting is a value.
+    assert [env for env in container["env"] if "valueFrom" not in env] == [
+        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}
+    ]
+    assert {env["name"] for env in container["env"]} >= {"TRITON_ADMIN_KEY", "AWS_ACCESS_KEY_ID"}
     assert {p["port"] for p in service["spec"]["ports"]} == {8000, 8001, 8002}
     assert budget["spec"]["minAvailable"] == 1
     assert autoscaler["spec"]["metrics"][0]["pods"]["metric"]["name"] == HPA_METRIC
