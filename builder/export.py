@@ -5,6 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
+import sys
+import sysconfig
+import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,10 +46,10 @@ def export_onnx(module: nn.Module, model: OnnxModelSpec, path: Path) -> None:
                 module, args, dynamic_shapes=dynamic_shapes, opset_version=model.opset, dynamo=True, verbose=False
             )
     except Exception as exc:
-        raise ExportError(
-            f"model {model.name!r}: torch.onnx.export failed with {type(exc).__name__}",
-            problems=[*_summary(str(exc)), f"traced with inputs of shape {case.describe()}"],
-        ) from exc
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch_log = path.parent / "export.log"
+        torch_log.write_text(_plain(f"{log.getvalue()}\n{''.join(traceback.format_exception(exc))}"))
+        raise _export_error(model, exc, case.describe(), torch_log) from exc
     if program is None:  # only without dynamo=True; keeps the type checker honest
         raise ExportError(f"model {model.name!r}: torch.onnx.export returned no program")
     graph = program.model.graph
@@ -101,18 +105,69 @@ def _all_values(graph: ir.Graph) -> list[ir.Value]:
 
 @contextlib.contextmanager
 def _quiet(log: io.StringIO) -> Iterator[None]:
-    """The exporter prints progress and warns about optional packages; keep the build output clean."""
-    torch_onnx_logger = logging.getLogger("torch.onnx")
-    level = torch_onnx_logger.level
-    torch_onnx_logger.setLevel(logging.ERROR)
+    """The exporter prints progress, logs through torch's loggers and warns about optional
+    packages: all of it goes to `log` (written next to the artifact when the export fails), none
+    to the build's output."""
+    # torch gives many of its loggers a handler of their own, bound to the real stderr.
+    streams = [
+        (handler, handler.setStream(log))
+        for name, logger in list(logging.root.manager.loggerDict.items())
+        if name == "torch" or name.startswith("torch.")
+        if isinstance(logger, logging.Logger)
+        for handler in logger.handlers
+        if type(handler) is logging.StreamHandler and handler.stream in (sys.stderr, sys.__stderr__)
+    ]
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("always")
+            logging.captureWarnings(True)
             yield
     finally:
-        torch_onnx_logger.setLevel(level)
+        logging.captureWarnings(False)
+        for handler, stream in streams:
+            handler.setStream(stream)
 
 
-def _summary(message: str, limit: int = 12) -> list[str]:
-    lines = [line.rstrip() for line in message.strip().splitlines() if line.strip()]
-    return lines[:limit] + ([f"... ({len(lines) - limit} more lines)"] if len(lines) > limit else [])
+def _export_error(model: OnnxModelSpec, exc: BaseException, traced: str, torch_log: Path) -> ExportError:
+    """The failure in plain words: the user's source line first, then the root cause's own
+    message, without torch's boilerplate (which stays in `torch_log`)."""
+    root = exc
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+    problems = []
+    frame = _user_frame(exc)
+    if frame is not None:
+        problems.append(f"at {frame.filename}:{frame.lineno} in {frame.name}: {(frame.line or '').strip()}")
+    message = _plain(str(root)).strip().splitlines()
+    problems.append(f"{type(root).__name__}: {message[0] if message else '(no message)'}")
+    if "DataDependent" in type(root).__name__:
+        problems.append(
+            "forward() branches on the values of a tensor, which an exported graph cannot do: compute both "
+            "branches and pick with torch.where, use torch.cond, or move the decision out of the model"
+        )
+    problems.append(f"traced with inputs of shape {traced}; torch's whole output: {torch_log}")
+    return ExportError(f"model {model.name!r}: torch.onnx.export could not export forward()", problems=problems)
+
+
+def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    """The innermost frame of the failure that is the user's code: not torch's or another
+    installed package's, not the kit's, not generated."""
+    ours = Path(__file__).resolve().parent
+    library = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    found = None
+    seen: BaseException | None = exc
+    while seen is not None:
+        for frame in traceback.extract_tb(seen.__traceback__):
+            where = Path(frame.filename)
+            generated = frame.filename.startswith("<")
+            installed = any(part in ("site-packages", "dist-packages") for part in where.parts)
+            outside = ours not in where.resolve().parents and library not in where.resolve().parents
+            if not generated and not installed and outside:
+                found = frame
+        seen = seen.__cause__ or seen.__context__
+    return found
+
+
+def _plain(text: str) -> str:
+    """Without the terminal colour codes torch puts in its messages."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)

@@ -305,14 +305,18 @@ def _build_onnx_version(
         link_tree(previous, target)
         log(f"{model.name} v{version.version}: unchanged, reused")
         return "cached", "inputs unchanged since the last build"
-    log(f"{model.name} v{version.version}: exporting")
+    log(f"{model.name} v{version.version}: loading {model.source}")
     work = workspace.work_dir(model.name, version.version)
     module = instantiate(model, version)
+    log(f"{model.name} v{version.version}: exporting")
     started = time.perf_counter()
     export_onnx(module, model, work / filename)
     exported = time.perf_counter()
+    log(f"{model.name} v{version.version}: verifying")
     report = verify_onnx(module, model, work / filename)
     verified = time.perf_counter()
+    for note in report.notes:
+        log(f"{model.name} v{version.version}: {note}")
     _write_record(work / BUILD_RECORD, model, version, current, report, exported - started, verified - exported)
     target.parent.mkdir(parents=True, exist_ok=True)
     work.rename(target)
@@ -346,6 +350,7 @@ def _write_record(
         "seconds": {"export": round(export_seconds, 3), "verify": round(verify_seconds, 3)},
         "verification": {
             "cases": report.cases,
+            "notes": report.notes,
             "outputs": {
                 spec.name: {
                     "atol": spec.atol,

@@ -3,10 +3,11 @@
 Checks, in order, each collecting every problem before raising once:
 1. `onnx.checker` (full check) and strict shape inference;
 2. the graph's input/output names, dtypes, ranks and dims equal the spec (so the rendered
-   config matches the model Triton loads);
+   config matches the model Triton loads), after an output dim the exporter pinned but ONNX
+   Runtime shows varying is made variable (builder/dims.py);
 3. PyTorch and ONNX Runtime agree on seeded inputs at batch 1, a middle size and
    max_batch_size, at the smallest and largest declared variable dims, within each output's
-   atol/rtol.
+   atol/rtol, and every output's shape fits its declared dims at each of them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from builder.dims import free_pinned_outputs
 from builder.errors import VerificationError
 from builder.samples import cases, make_inputs
 from builder.signature import check_signature
@@ -45,6 +47,8 @@ class VerificationReport:
 
     cases: list[str] = field(default_factory=list)
     outputs: dict[str, OutputAgreement] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """What verification corrected in the file (an output dim the exporter pinned, made variable)."""
 
 
 def verify_onnx(module: nn.Module, model: OnnxModelSpec, path: Path) -> VerificationReport:
@@ -54,6 +58,7 @@ def verify_onnx(module: nn.Module, model: OnnxModelSpec, path: Path) -> Verifica
         VerificationError: listing every failed check; `artifact` points at the ONNX file.
     """
     problems = list(_checker_problems(path))
+    notes = [] if problems else free_pinned_outputs(path, model)
     if not problems:
         problems = check_signature(
             onnx.load(str(path), load_external_data=False), model.max_batch_size, model.inputs, model.outputs
@@ -62,7 +67,9 @@ def verify_onnx(module: nn.Module, model: OnnxModelSpec, path: Path) -> Verifica
         raise VerificationError(
             f"model {model.name!r}: the exported ONNX model does not match the spec", problems=problems, artifact=path
         )
-    return _compare_outputs(module, model, path)
+    report = _compare_outputs(module, model, path)
+    report.notes = notes
+    return report
 
 
 def run_torch(
@@ -100,6 +107,7 @@ def _compare_outputs(module: nn.Module, model: OnnxModelSpec, path: Path) -> Ver
     report = VerificationReport(outputs={t.name: OutputAgreement() for t in model.outputs})
     problems: list[str] = []
     output_names = [t.name for t in model.outputs]
+    shapes: dict[str, list[tuple[str, tuple[int, ...]]]] = {name: [] for name in output_names}
     for case in cases(model):
         inputs = make_inputs(model, case, rng)
         report.cases.append(case.describe())
@@ -123,11 +131,43 @@ def _compare_outputs(module: nn.Module, model: OnnxModelSpec, path: Path) -> Ver
             continue
         for spec, ref, got in zip(model.outputs, expected, actual, strict=True):
             problems.extend(_compare(spec, ref, np.asarray(got), case.describe(), report.outputs[spec.name]))
+            shapes[spec.name].append((case.describe(), np.asarray(got).shape))
+    for spec in model.outputs:
+        problems.extend(_declared_dims_problems(spec, model.max_batch_size > 0, shapes[spec.name]))
     if problems:
         raise VerificationError(
             f"model {model.name!r}: ONNX Runtime's outputs differ from PyTorch's", problems=problems, artifact=path
         )
     return report
+
+
+def _declared_dims_problems(
+    spec: OutputSpec, batched: bool, seen: Sequence[tuple[str, tuple[int, ...]]]
+) -> Iterator[str]:
+    """Where the shapes the model returned contradict the output's declared dims: what Triton's
+    metadata would promise is what the model must return, at every verified size."""
+    offset = 1 if batched else 0
+    declared = list(spec.dims)
+    for where, shape in seen:
+        if len(shape) != len(declared) + offset:
+            batch = " plus the batch dimension" if batched else ""
+            yield (
+                f"output {spec.name!r} at {where}: the model returned shape {list(shape)}, of rank {len(shape)}; "
+                f"dims {declared}{batch} make rank {len(declared) + offset}"
+            )
+            return
+    for axis, want in enumerate(declared):
+        if want == -1:
+            continue
+        sizes = sorted({shape[axis + offset] for _, shape in seen})
+        if sizes == [want]:
+            continue
+        where = next(w for w, shape in seen if shape[axis + offset] != want)
+        advice = f"declare {sizes[0]}" if len(sizes) == 1 else "declare -1 (it follows the inputs)"
+        yield (
+            f"output {spec.name!r}: dims[{axis}] is declared {want}, but the model returned "
+            f"{', '.join(map(str, sizes))} on that axis across the verification cases (first at {where}); {advice}"
+        )
 
 
 def _declared_range(tensor: InputSpec) -> str:

@@ -125,3 +125,34 @@ class DataDependent(nn.Module):
 
 def data_dependent() -> nn.Module:
     return DataDependent()
+
+
+class GruTagger(nn.Module):
+    """[N, T, 16] with variable T -> [N, T, 5]: a GRU over the sequence and a tag per step. The
+    exporter's static shapes pin T at the traced length; the graph runs at every T all the same."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(16, 32, batch_first=True)
+        self.tags = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps, _ = self.gru(x)
+        return self.tags(steps)
+
+
+def gru_tagger() -> nn.Module:
+    return _seeded(GruTagger)
+
+
+class ValueBranch(nn.Module):
+    """[N, 4] -> [N, 4], branching on the input's values: no exported graph can do that."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+def value_branch() -> nn.Module:
+    return ValueBranch()

@@ -131,7 +131,7 @@ def test_input_dims_the_model_cannot_take_fail_the_export_with_the_traced_shape(
     model = spec_of(write_spec, inputs=[{"name": "x", "dtype": "TYPE_FP32", "dims": [5]}])
     with pytest.raises(ExportError) as caught:
         build(model, tmp_path / "model.onnx")
-    assert "model 'linear': torch.onnx.export failed" in str(caught.value)
+    assert "model 'linear': torch.onnx.export could not export forward()" in str(caught.value)
     assert "traced with inputs of shape x=[2, 5]" in str(caught.value)
 
 
@@ -170,3 +170,60 @@ def test_ranges_the_model_cannot_take_are_refused_naming_them(write_spec, tmp_pa
     message = str(caught.value)
     assert "model 'linear': PyTorch's forward() raised IndexError" in message
     assert "input 'ids': dims [-1], shape_range min (1,) max (6,), value_range [0.0, 1000.0]" in message
+
+
+GRU_INPUT = {"name": "x", "dtype": "TYPE_FP32", "dims": [-1, 16], "shape_range": {"min": [1, 16], "max": [64, 16]}}
+
+
+def test_an_output_dim_the_exporter_pinned_is_judged_by_what_runs(write_spec, tmp_path) -> None:
+    """A GRU's output is annotated with the traced length (32) although the graph runs at any
+    length: the runs show it varies, so the file gets a variable dim and the declaration stands."""
+    model = spec_of(
+        write_spec,
+        source="tests.tiny_models:gru_tagger",
+        inputs=[GRU_INPUT],
+        outputs=[{"name": "tags", "dtype": "TYPE_FP32", "dims": [-1, 5]}],
+    )
+    report = build(model, tmp_path / "model.onnx")
+    ((batch, steps, tags),) = graph_dims(tmp_path / "model.onnx", "output")
+    ((_, input_steps, _),) = graph_dims(tmp_path / "model.onnx")
+    assert isinstance(batch, str) and steps == input_steps and tags == 5  # follows the input's length
+    assert report.notes == [
+        f"output 'tags' dims[0]: the exporter annotated it 32, ONNX Runtime returned 1..64 across the "
+        f"verification cases; made variable ({input_steps})"
+    ]
+
+
+def test_a_fixed_declaration_the_model_does_not_keep_is_refused_with_the_right_advice(write_spec, tmp_path) -> None:
+    # What the old message advised ("declare 32"): the served metadata would say 32 while the
+    # model returns the input's length.
+    model = spec_of(
+        write_spec,
+        source="tests.tiny_models:gru_tagger",
+        inputs=[GRU_INPUT],
+        outputs=[{"name": "tags", "dtype": "TYPE_FP32", "dims": [32, 5]}],
+    )
+    with pytest.raises(VerificationError) as caught:
+        build(model, tmp_path / "model.onnx")
+    assert caught.value.problems == [
+        "output 'tags': dims[0] is declared 32, but the model returned 1, 64 on that axis across the "
+        "verification cases (first at x=[1, 1, 16]); declare -1 (it follows the inputs)"
+    ]
+
+
+def test_an_export_failure_names_the_users_line_in_plain_text(write_spec, tmp_path, capfd) -> None:
+    model = spec_of(
+        write_spec, source="tests.tiny_models:value_branch", outputs=[{"name": "y", "dtype": "TYPE_FP32", "dims": [4]}]
+    )
+    with pytest.raises(ExportError) as caught:
+        build(model, tmp_path / "model.onnx")
+    problems = caught.value.problems
+    assert problems[0].startswith(f"at {Path(__file__).parents[1] / 'tiny_models.py'}:")
+    assert problems[0].endswith("in forward: if x.sum() > 0:")
+    assert "torch.where" in problems[2]
+    message = str(caught.value)
+    assert "\x1b" not in message and "more lines" not in message and "pytorch.org" not in message
+    # torch's own output is kept beside the artifact, not printed.
+    assert "GuardOnDataDependentSymNode" in (tmp_path / "export.log").read_text()
+    printed = capfd.readouterr()
+    assert "symbolic_shapes" not in printed.err + printed.out
