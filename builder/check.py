@@ -17,6 +17,7 @@ import onnx
 from tritonclient.grpc import model_config_pb2 as pb
 
 from builder.config_rules import config_findings
+from builder.dtypes import by_onnx_elem_type
 from builder.ensemble import Ensemble, Member, Step, TensorType, ensemble_problems
 from builder.errors import RenderError
 from builder.fingerprint import BUILD_RECORD, read_record
@@ -65,13 +66,25 @@ class _ConfigTensor:
     dims: Sequence[int]
 
 
-def check_repository(root: Path, target: Target | None = None, plans: PlanTarget | None = None) -> list[Problem]:
+def check_repository(
+    root: Path,
+    target: Target | None = None,
+    plans: PlanTarget | None = None,
+    *,
+    strict_model_config: bool = False,
+) -> list[Problem]:
     """Every problem found in the model directories under `root`, plus the `target`'s rules and,
-    for TensorRT plans, mismatches with the serving host stated in `plans`."""
+    for TensorRT plans, mismatches with the serving host stated in `plans`.
+
+    `strict_model_config` is the server's flag of that name: false (Triton's default) lets the
+    server complete a config from the model, which the check then does first."""
     problems: list[Problem] = []
     configs: dict[str, tuple[Path, pb.ModelConfig]] = {}
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         config_path = model_dir / "config.pbtxt"
+        completes = not strict_model_config and _completable(model_dir)
+        if not config_path.is_file() and completes:
+            continue  # Triton writes the config from the model file; there is nothing to check it against
         if not config_path.is_file():
             problems.append(
                 Problem(
@@ -96,6 +109,9 @@ def check_repository(root: Path, target: Target | None = None, plans: PlanTarget
                 )
             )
             continue
+        _infer_backend(config, model_dir)
+        if completes:
+            _complete(config, model_dir)
         configs[model_dir.name] = (config_path, config)
         problems.extend(Problem(config_path, *finding) for finding in config_findings(config, model_dir.name, target))
         problems.extend(_model_files(model_dir, config_path, config, plans or PlanTarget()))
@@ -103,8 +119,86 @@ def check_repository(root: Path, target: Target | None = None, plans: PlanTarget
     return problems
 
 
+# What Triton infers a model's platform or backend from when its config names neither.
+_BY_FILE = (
+    ("model.onnx", "onnxruntime_onnx", ""),
+    ("model.plan", "tensorrt_plan", ""),
+    ("model.pt", "pytorch_libtorch", ""),
+    ("model.savedmodel", "tensorflow_savedmodel", ""),
+    ("model.graphdef", "tensorflow_graphdef", ""),
+    ("model.py", "", "python"),
+)
+
+
+def _versions(model_dir: Path) -> list[Path]:
+    return sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and not p.name.startswith("0"))
+
+
+def _infer_backend(config: pb.ModelConfig, model_dir: Path) -> None:
+    """Fill in the platform or backend Triton infers: from a `<name>.<backend>` directory, or
+    from the model file in a version directory."""
+    if config.platform or config.backend:
+        return
+    if "." in model_dir.name:
+        config.backend = model_dir.name.rsplit(".", 1)[1]
+        return
+    for filename, platform, backend in _BY_FILE:
+        if any((version / filename).exists() for version in _versions(model_dir)):
+            config.platform, config.backend = platform, backend
+            return
+
+
+def _completable(model_dir: Path) -> bool:
+    """Whether Triton (auto-complete on) writes the config itself: the backend reads the model
+    file (ONNX, TensorRT, TensorFlow), or the Python model's auto_complete_config does."""
+    return any(
+        (version / filename).exists()
+        for version in _versions(model_dir)
+        for filename, platform, _ in _BY_FILE
+        if platform != "pytorch_libtorch"
+    )
+
+
+def _complete(config: pb.ModelConfig, model_dir: Path) -> None:
+    """What auto-complete fills in before Triton validates the config: a Python model's
+    auto_complete_config may declare any tensor (so nothing the config leaves out is missing);
+    an ONNX model's tensors come from the graph."""
+    if config.backend == "python":
+        for tensor in [*config.input, *config.output]:
+            if tensor.data_type == pb.TYPE_INVALID:
+                tensor.data_type = pb.TYPE_FP32  # stands for whatever the function declares
+            if not tensor.dims and not tensor.HasField("reshape"):
+                tensor.dims.append(-1)
+        return
+    onnx_files = [version / "model.onnx" for version in _versions(model_dir) if (version / "model.onnx").is_file()]
+    if config.platform != "onnxruntime_onnx" or not onnx_files:
+        return
+    graph = onnx.load(str(onnx_files[0]), load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+    values = {v.name: v for v in [*graph.input, *graph.output] if v.name not in initializers}
+    batched = config.max_batch_size > 0
+    for kind, tensors, graph_values in (
+        ("input", config.input, [v for v in graph.input if v.name not in initializers]),
+        ("output", config.output, list(graph.output)),
+    ):
+        if not tensors:
+            for value in graph_values:
+                tensors.add(name=value.name)
+        for tensor in tensors:
+            value = values.get(tensor.name)
+            if value is None:
+                continue
+            if tensor.data_type == pb.TYPE_INVALID:
+                dtype = by_onnx_elem_type(value.type.tensor_type.elem_type)
+                if dtype is not None:
+                    tensor.data_type = pb.DataType.Value(dtype.triton)
+            if not tensor.dims and not tensor.HasField("reshape"):
+                shape = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
+                tensor.dims.extend(shape[1:] if batched else shape)
+
+
 def _model_files(model_dir: Path, config_path: Path, config: pb.ModelConfig, plans: PlanTarget) -> Iterator[Problem]:
-    versions = sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and not p.name.startswith("0"))
+    versions = _versions(model_dir)
     if not versions:
         yield Problem(
             model_dir, "versions", "none", "Triton needs at least one numeric version directory", f"add {model_dir}/1/"
@@ -237,7 +331,8 @@ def _plan_record(config: pb.ModelConfig, config_path: Path, version: Path, plans
 
 def _onnx_signature(config: pb.ModelConfig, config_path: Path, model_file: Path) -> Iterator[Problem]:
     proto = onnx.load(str(model_file), load_external_data=False)
-    for line in check_signature(proto, config.max_batch_size, _tensors(config.input), _tensors(config.output)):
+    model = config.name or config_path.parent.name
+    for line in check_signature(proto, config.max_batch_size, _tensors(config.input), _tensors(config.output), model):
         subject, _, rule = line.partition(": ")
         yield Problem(config_path, subject, "", rule, f"make the config agree with {model_file}")
 

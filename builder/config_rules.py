@@ -7,7 +7,6 @@ read alike; `tests/integration/test_checker_agrees_with_server.py` proves they a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +24,7 @@ _KNOWN_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt
 
 def config_findings(config: pb.ModelConfig, directory_name: str, target: Target | None = None) -> Iterator[Finding]:
     """Every rule `config` breaks; `target` adds the rules of deploying to that kind of host."""
+    model = config.name or directory_name
     if config.name and config.name != directory_name:
         yield (
             "name",
@@ -32,7 +32,7 @@ def config_findings(config: pb.ModelConfig, directory_name: str, target: Target 
             f"must equal the model's directory name {directory_name!r}",
             f'set name: "{directory_name}"',
         )
-    yield from _platform(config)
+    yield from _platform(config, model)
     if config.max_batch_size < 0:
         yield (
             "max_batch_size",
@@ -43,11 +43,19 @@ def config_findings(config: pb.ModelConfig, directory_name: str, target: Target 
     for kind, tensors in (("input", config.input), ("output", config.output)):
         for tensor in tensors:
             yield from _tensor(kind, tensor, config.max_batch_size)
+    yield from _batch_io(config)
     scheduling = config.WhichOneof("scheduling_choice")
     if scheduling == "dynamic_batching":
-        yield from _dynamic_batching(config.dynamic_batching, config.max_batch_size)
+        yield from _dynamic_batching(config.dynamic_batching, config.max_batch_size, model)
     elif scheduling == "sequence_batching":
-        yield from _sequence_batching(config.sequence_batching, config.max_batch_size)
+        yield from _sequence_batching(config.sequence_batching, config.max_batch_size, model)
+    elif scheduling == "ensemble_scheduling" and config.platform != "ensemble":
+        yield (
+            "ensemble_scheduling",
+            "set",
+            f"ensemble scheduling cannot be set for model '{model}' whose platform is not ensemble",
+            'remove ensemble_scheduling, or set platform: "ensemble"',
+        )
     cached = config.HasField("response_cache") and config.response_cache.enable
     if cached and (scheduling == "sequence_batching" or config.model_transaction_policy.decoupled):
         yield (
@@ -57,9 +65,9 @@ def config_findings(config: pb.ModelConfig, directory_name: str, target: Target 
             "remove response_cache",
         )
     for index, group in enumerate(config.instance_group):
-        yield from _instance_group(index, group, target)
+        yield from _instance_group(index, group, target, model)
     if config.platform == "ensemble":
-        yield from _ensemble(config)
+        yield from _ensemble(config, model)
     else:
         yield from _warmup(config)
     if target == "cpu":
@@ -72,12 +80,12 @@ def config_findings(config: pb.ModelConfig, directory_name: str, target: Target 
             )
 
 
-def _platform(config: pb.ModelConfig) -> Iterator[Finding]:
+def _platform(config: pb.ModelConfig, model: str) -> Iterator[Finding]:
     if config.platform == "ensemble" and config.backend:
         yield (
             "backend",
             repr(config.backend),
-            "an ensemble must have platform 'ensemble' and an empty backend",
+            f"Ensemble model '{model}' must have platform type 'ensemble' and empty backend type",
             "remove backend",
         )
     expected = _KNOWN_BACKENDS.get(config.platform)
@@ -92,51 +100,108 @@ def _platform(config: pb.ModelConfig) -> Iterator[Finding]:
 
 def _tensor(kind: str, tensor: Any, max_batch_size: int) -> Iterator[Finding]:
     field = f"{kind} {tensor.name!r}"
+    subject = f"model {kind} '{tensor.name}'"
     if tensor.data_type == pb.TYPE_INVALID:
-        yield f"{field}.data_type", "(none)", "must specify 'data_type'", "set data_type, e.g. TYPE_FP32"
+        yield f"{field}.data_type", "(none)", f"{subject} must specify 'data_type'", "set data_type, e.g. TYPE_FP32"
     dims = list(tensor.dims)
     if not dims and not tensor.HasField("reshape"):
         yield (
             f"{field}.dims",
             "[]",
-            "must specify 'dims'",
+            f"{subject} must specify 'dims'",
             "list the dims without the batch dimension ([1] for one value)",
         )
-    for dim in dims:
-        if dim == 0 or dim < -1:
-            yield (
-                f"{field}.dims",
-                str(dims),
-                "dimension must be integer >= 1, or -1 to indicate a variable-size dimension",
-                "use sizes >= 1, or -1 for a variable size",
-            )
-            break
+    if any(dim == 0 or dim < -1 for dim in dims):
+        yield (
+            f"{field}.dims",
+            str(dims),
+            f"{subject} dimension must be integer >= 1, or -1 to indicate a variable-size dimension",
+            "use sizes >= 1, or -1 for a variable size",
+        )
     if tensor.HasField("reshape"):
         shape = list(tensor.reshape.shape)
         if not shape and max_batch_size == 0:
             yield (
                 f"{field}.reshape",
                 "[]",
-                "cannot have empty reshape for non-batching model as scalar tensors are not supported",
+                f"{subject} cannot have empty reshape for non-batching model as scalar tensors are not supported",
                 "reshape to [1]",
             )
-        elif dims.count(-1) != shape.count(-1):
+        elif any(dim == 0 or dim < -1 for dim in shape):
             yield (
                 f"{field}.reshape",
                 str(shape),
-                "has different number of variable-size dimensions for dims and reshape",
+                f"{subject} reshape dimensions must be integer >= 1, or -1 to indicate a variable-size dimension",
+                "use sizes >= 1, or -1 for a variable size",
+            )
+        elif -1 in shape and dims.count(-1) != shape.count(-1):
+            yield (
+                f"{field}.reshape",
+                str(shape),
+                f"{subject} has different number of variable-size dimensions for dims and reshape",
                 f"keep as many -1 as dims {dims}",
             )
-        elif -1 not in dims and math.prod(dims) != math.prod(shape):
+        elif shape and _element_counts(dims) != _element_counts(shape):
+            # Triton compares the element counts between variable dims, group by group.
             yield (
                 f"{field}.reshape",
                 str(shape),
-                f"has different size for dims and reshape ({math.prod(dims)} vs {math.prod(shape)} elements)",
-                "keep the element count",
+                f"{subject} has different size for dims and reshape",
+                f"keep the element count of dims {dims} between each pair of -1 dims",
             )
 
 
-def _dynamic_batching(batching: pb.ModelDynamicBatching, max_batch_size: int) -> Iterator[Finding]:
+def _element_counts(dims: list[int]) -> list[int]:
+    counts, current = [], 1
+    for dim in dims:
+        if dim == -1:
+            counts.append(current)
+            current = 1
+        else:
+            current *= dim
+    return [*counts, current]
+
+
+def _batch_io(config: pb.ModelConfig) -> Iterator[Finding]:
+    inputs = {t.name for t in config.input}
+    outputs = {t.name for t in config.output}
+    for kind, items in (("input", config.batch_input), ("output", config.batch_output)):
+        for item in items:
+            kind_name = (pb.BatchInput if kind == "input" else pb.BatchOutput).Kind.Name(item.kind)
+            if len(item.source_input) != 1:
+                yield (
+                    f"batch_{kind}",
+                    kind_name,
+                    f"batch {kind} kind '{kind_name}' expects 1 source input, got {len(item.source_input)}",
+                    "give exactly one source_input",
+                )
+            for source in item.source_input:
+                if source not in inputs:
+                    yield (
+                        f"batch_{kind}.source_input",
+                        repr(source),
+                        f"unknown source input name '{source}'",
+                        f"use one of the model's inputs: {', '.join(sorted(inputs))}",
+                    )
+    targets = [name for item in config.batch_output for name in item.target_name]
+    for name in dict.fromkeys(targets):
+        if name not in outputs:
+            yield (
+                "batch_output.target_name",
+                repr(name),
+                f"unknown target output name '{name}'",
+                f"use one of the model's outputs: {', '.join(sorted(outputs))}",
+            )
+        elif targets.count(name) > 1:
+            yield (
+                "batch_output.target_name",
+                repr(name),
+                f"target output name '{name}' can only be specified once",
+                "name each target in one batch_output",
+            )
+
+
+def _dynamic_batching(batching: pb.ModelDynamicBatching, max_batch_size: int, model: str) -> Iterator[Finding]:
     if max_batch_size == 0:
         yield (
             "dynamic_batching",
@@ -172,9 +237,17 @@ def _dynamic_batching(batching: pb.ModelDynamicBatching, max_batch_size: int) ->
             yield (
                 "dynamic_batching.priority_queue_policy",
                 str(level),
-                f"priority queue policy levels must be in range [1, {levels}]",
+                f"priority queue policy must have priority level in range [1, {levels}] for {model}",
                 "use levels within priority_levels",
             )
+    policies = [batching.default_queue_policy, *batching.priority_queue_policy.values()]
+    if batching.preserve_ordering and any(p.timeout_action == pb.ModelQueuePolicy.DELAY for p in policies):
+        yield (
+            "dynamic_batching.default_queue_policy.timeout_action",
+            "DELAY",
+            f"Queue policy can not have DELAY as timeout action when 'preserve_ordering' is true for {model}",
+            "use REJECT, or drop preserve_ordering",
+        )
     if batching.preserve_ordering and levels > 1:
         yield (
             "dynamic_batching.priority_levels",
@@ -184,19 +257,42 @@ def _dynamic_batching(batching: pb.ModelDynamicBatching, max_batch_size: int) ->
         )
 
 
-def _sequence_batching(sequence: pb.ModelSequenceBatching, max_batch_size: int) -> Iterator[Finding]:
+def _sequence_batching(sequence: pb.ModelSequenceBatching, max_batch_size: int, model: str) -> Iterator[Finding]:
+    Control = pb.ModelSequenceBatching.Control
+    kinds_of: dict[str, set[str]] = {}
+    tensors_of: dict[str, list[str]] = {}
     for control_input in sequence.control_input:
         for control in control_input.control:
-            if control.kind == pb.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID:
+            kind = Control.Kind.Name(control.kind)
+            kinds_of.setdefault(control_input.name, set()).add(kind)
+            tensors_of.setdefault(kind, []).append(control_input.name)
+            if control.kind in (Control.CONTROL_SEQUENCE_CORRID,):
                 continue
             given = [f for f in ("int32_false_true", "fp32_false_true", "bool_false_true") if len(getattr(control, f))]
             if len(given) != 1 or len(getattr(control, given[0])) != 2:
                 yield (
                     f"sequence_batching.control_input {control_input.name!r}",
                     str(given),
-                    "a control must give exactly one of int32/fp32/bool_false_true, with 2 entries",
-                    "e.g. int32_false_true: [ 0, 1 ]",
+                    "sequence batching must specify either 'int32_false_true', 'fp32_false_true' or "
+                    f"'bool_false_true' for {kind} for {model}",
+                    "give exactly one of them, with 2 entries, e.g. int32_false_true: [ 0, 1 ]",
                 )
+    for kind, names in tensors_of.items():
+        if len(names) > 1:
+            yield (
+                "sequence_batching.control_input",
+                ", ".join(names),
+                f"sequence batching specifies multiple {kind} tensors for {model}",
+                f"keep one control input of kind {kind}",
+            )
+    for name, kinds in kinds_of.items():
+        if len(kinds) > 1:
+            yield (
+                "sequence_batching.control_input",
+                repr(name),
+                f"sequence batching control tensor '{name}' is specified for multiple control kinds for {model}",
+                "give each control kind a tensor of its own",
+            )
     if sequence.HasField("oldest"):
         for size in sequence.oldest.preferred_batch_size:
             if size > max_batch_size:
@@ -208,8 +304,17 @@ def _sequence_batching(sequence: pb.ModelSequenceBatching, max_batch_size: int) 
                 )
 
 
-def _instance_group(index: int, group: pb.ModelInstanceGroup, target: Target | None) -> Iterator[Finding]:
+def _instance_group(index: int, group: pb.ModelInstanceGroup, target: Target | None, model: str) -> Iterator[Finding]:
     field = f"instance_group[{index}]"
+    for gpu in group.gpus:
+        if gpu < 0:
+            yield (
+                f"{field}.gpus",
+                str(list(group.gpus)),
+                f"instance group {group.name or f'{model}_{index}'} of model {model} specifies invalid or "
+                f"unsupported gpu id {gpu}",
+                "use GPU ids from 0 up, as nvidia-smi lists them",
+            )
     if group.kind == pb.ModelInstanceGroup.KIND_CPU and group.gpus:
         yield (
             f"{field}.gpus",
@@ -233,7 +338,7 @@ def _instance_group(index: int, group: pb.ModelInstanceGroup, target: Target | N
         )
 
 
-def _ensemble(config: pb.ModelConfig) -> Iterator[Finding]:
+def _ensemble(config: pb.ModelConfig, model: str) -> Iterator[Finding]:
     forbidden = {
         "instance_group": "instance group should not be specified for ensemble",
         "optimization": "optimization should not be specified for ensemble",
@@ -243,8 +348,29 @@ def _ensemble(config: pb.ModelConfig) -> Iterator[Finding]:
         present = len(getattr(config, field)) if field != "optimization" else config.HasField(field)
         if present:
             yield field, "set", rule, "remove it: each step's model has its own"
-    if config.WhichOneof("scheduling_choice") != "ensemble_scheduling" or not config.ensemble_scheduling.step:
-        yield "ensemble_scheduling.step", "(none)", "must specify 'step'", "declare the steps of the ensemble"
+    if config.WhichOneof("scheduling_choice") != "ensemble_scheduling":
+        yield (
+            "ensemble_scheduling",
+            "(none)",
+            f"ensemble scheduling must be set for ensemble {model} whose platform is ensemble",
+            "declare ensemble_scheduling with its steps",
+        )
+        return
+    if not config.ensemble_scheduling.step:
+        yield "ensemble_scheduling.step", "(none)", f"must specify 'step' for ensemble '{model}'", "declare the steps"
+    for index, step in enumerate(config.ensemble_scheduling.step):
+        for field, present in (
+            ("model_name", step.model_name),
+            ("input_map", step.input_map),
+            ("output_map", step.output_map),
+        ):
+            if not present:
+                yield (
+                    f"ensemble_scheduling.step[{index}].{field}",
+                    "(none)",
+                    f"must specify '{field}' in step {index} of ensemble '{model}'",
+                    f"give step {index} its {field}",
+                )
 
 
 def _warmup(config: pb.ModelConfig) -> Iterator[Finding]:

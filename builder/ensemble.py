@@ -60,6 +60,8 @@ class _Edge:
     source: str
     dtype: str
     shape: tuple[int, ...]
+    model: str
+    """The model writing it (the ensemble itself for its inputs), as Triton names it."""
     consumers: list[str] = field(default_factory=list)
 
 
@@ -73,8 +75,12 @@ def _problems(ensemble: Ensemble, members: Mapping[str, Member]) -> Iterator[str
     if not ensemble.steps:
         yield f"{label}: has no steps; declare at least one"
         return
+    missing = [step.model for step in ensemble.steps if step.model not in members]
+    if missing:
+        # The graph is still checked, as Triton does before it looks for the models.
+        yield from _graph_problems(ensemble)
     tensors: dict[str, _Edge] = {
-        name: _Edge(f"ensemble input {name!r}", t.dtype, _full(ensemble.max_batch_size, t.dims))
+        name: _Edge(f"ensemble input {name!r}", t.dtype, _full(ensemble.max_batch_size, t.dims), model=ensemble.name)
         for name, t in ensemble.inputs.items()
     }
     usable: list[tuple[str, Step, Member]] = []
@@ -82,16 +88,24 @@ def _problems(ensemble: Ensemble, members: Mapping[str, Member]) -> Iterator[str
         where = f"{label} step {index} ({step.model!r})"
         member = members.get(step.model)
         if member is None:
-            yield f"{where}: no model {step.model!r} in the repository; steps can call: {', '.join(sorted(members))}"
+            yield (
+                f"{where}: no model {step.model!r} in the repository; steps can call: {', '.join(sorted(members))} "
+                f"[Triton: ensemble {ensemble.name} contains models that are not available or ambiguous: {step.model}]"
+            )
             continue
-        yield from _mapping_problems(where, step, member)
+        yield from _mapping_problems(ensemble.name, where, step, member)
         if member.max_batch_size > 0 and ensemble.max_batch_size > member.max_batch_size:
             yield (
                 f"{where}: the ensemble's max_batch_size {ensemble.max_batch_size} exceeds {step.model!r}'s "
-                f"{member.max_batch_size}; lower the ensemble's max_batch_size to at most {member.max_batch_size}"
+                f"{member.max_batch_size}; lower the ensemble's max_batch_size to at most {member.max_batch_size} "
+                f"[Triton: ensemble {ensemble.name} allows maximum batch size {ensemble.max_batch_size}, but it "
+                f"contains model {step.model} which only allows maximum batch size to be {member.max_batch_size}]"
             )
         if ensemble.name == step.model or ensemble.name in _uses(step.model, members):
-            yield f"{where}: {step.model!r} depends on {ensemble.name!r} itself: circular dependency between ensembles"
+            yield (
+                f"{where}: {step.model!r} depends on {ensemble.name!r} itself: circular dependency between ensembles: "
+                f"{ensemble.name} -> ... -> {step.model} -> {ensemble.name}"
+            )
             continue
         for model_tensor, ensemble_tensor in step.output_map.items():
             produced = member.outputs.get(model_tensor)
@@ -104,7 +118,10 @@ def _problems(ensemble: Ensemble, members: Mapping[str, Member]) -> Iterator[str
                 )
                 continue
             tensors[ensemble_tensor] = _Edge(
-                f"{step.model!r} output {model_tensor!r}", produced.dtype, _full(member.max_batch_size, produced.dims)
+                f"{step.model!r} output {model_tensor!r}",
+                produced.dtype,
+                _full(member.max_batch_size, produced.dims),
+                model=step.model,
             )
         usable.append((where, step, member))
     for where, step, member in usable:
@@ -113,58 +130,148 @@ def _problems(ensemble: Ensemble, members: Mapping[str, Member]) -> Iterator[str
             if wanted is None:
                 continue
             yield from _edge_problems(
+                ensemble.name,
                 tensors,
                 ensemble_tensor,
-                f"{where} input {model_tensor!r}",
+                (f"{where} input {model_tensor!r}", step.model),
                 wanted.dtype,
                 _full(member.max_batch_size, wanted.dims),
             )
     for name, wanted in ensemble.outputs.items():
         yield from _edge_problems(
+            ensemble.name,
             tensors,
             name,
-            f"{label} output {name!r}",
+            (f"{label} output {name!r}", ensemble.name),
             wanted.dtype,
             _full(ensemble.max_batch_size, wanted.dims),
             output=True,
         )
     for name, edge in tensors.items():
         if not edge.consumers:
-            yield f"{label}: ensemble tensor {name!r} ({edge.source}) is not used by any step or ensemble output; remove it or map it"
+            triton = (
+                f"ensemble input '{name}' for ensemble {ensemble.name}' is not used"
+                if name in ensemble.inputs
+                else f"ensemble tensor '{name}' is unused in ensemble '{ensemble.name}'"
+            )
+            yield (
+                f"{label}: ensemble tensor {name!r} ({edge.source}) is not used by any step or ensemble output; "
+                f"remove it or map it [Triton: {triton}]"
+            )
     yield from _cycle_problems(label, usable)
 
 
-def _mapping_problems(where: str, step: Step, member: Member) -> Iterator[str]:
-    for model_tensor in step.input_map:
+def _mapping_problems(ensemble: str, where: str, step: Step, member: Member) -> Iterator[str]:
+    for model_tensor, tensor in step.input_map.items():
         if model_tensor not in member.inputs:
-            yield f"{where}: input_map key {model_tensor!r} is not an input of {step.model!r} (its inputs: {', '.join(member.inputs)})"
+            yield (
+                f"{where}: input_map key {model_tensor!r} is not an input of {step.model!r} (its inputs: "
+                f"{', '.join(member.inputs)}) [Triton: in ensemble {ensemble}, ensemble tensor {tensor} is mapping "
+                f"to non-existing input {model_tensor} in model {step.model}]"
+            )
     for model_tensor in member.inputs:
         if model_tensor not in step.input_map and model_tensor not in member.optional_inputs:
             yield f"{where}: input {model_tensor!r} of {step.model!r} is not mapped to any ensemble tensor; add it to the step's inputs"
-    for model_tensor in step.output_map:
+    for model_tensor, tensor in step.output_map.items():
         if model_tensor not in member.outputs:
-            yield f"{where}: output_map key {model_tensor!r} is not an output of {step.model!r} (its outputs: {', '.join(member.outputs)})"
+            yield (
+                f"{where}: output_map key {model_tensor!r} is not an output of {step.model!r} (its outputs: "
+                f"{', '.join(member.outputs)}) [Triton: in ensemble {ensemble}, ensemble tensor {tensor} is mapped "
+                f"from non-existing output {model_tensor} in model {step.model}]"
+            )
     targets = list(step.output_map.values())
     for tensor in sorted({t for t in targets if targets.count(t) > 1}):
-        yield f"{where}: ensemble tensor {tensor!r} appears in the output map more than once"
+        yield (
+            f"{where}: ensemble tensor {tensor!r} appears in the output map more than once [Triton: ensemble "
+            f"tensor '{tensor}' can appear in an output map only once for ensemble '{ensemble}']"
+        )
 
 
 def _edge_problems(
-    tensors: dict[str, _Edge], name: str, consumer: str, dtype: str, shape: tuple[int, ...], *, output: bool = False
+    ensemble: str,
+    tensors: dict[str, _Edge],
+    name: str,
+    consumer: tuple[str, str],
+    dtype: str,
+    shape: tuple[int, ...],
+    *,
+    output: bool = False,
 ) -> Iterator[str]:
+    """`consumer`: where the tensor is read, and the model reading it (the ensemble for its outputs)."""
+    where, reader = consumer
     edge = tensors.get(name)
     if edge is None:
-        what = "is not written by any step" if output else "is neither an ensemble input nor an output of any step"
-        yield f"{consumer}: ensemble tensor {name!r} {what}"
+        if output:
+            triton = f"output '{name}' for ensemble '{ensemble}' is not written"
+            yield f"{where}: ensemble tensor {name!r} is not written by any step [Triton: {triton}]"
+        else:
+            yield f"{where}: ensemble tensor {name!r} is neither an ensemble input nor an output of any step"
         return
-    edge.consumers.append(consumer)
+    edge.consumers.append(where)
     if edge.dtype != dtype:
-        yield f"{consumer}: ensemble tensor {name!r} is {edge.dtype} from {edge.source} but {dtype} here; make the two agree"
+        yield (
+            f"{where}: ensemble tensor {name!r} is {edge.dtype} from {edge.source} but {dtype} here; make the two "
+            f"agree [Triton: in ensemble {ensemble}, ensemble tensor {name}: inconsistent data type: {edge.dtype} "
+            f"is inferred from model {edge.model} while {dtype} is inferred from model {reader}]"
+        )
     if not _compatible(edge.shape, shape):
         yield (
-            f"{consumer}: ensemble tensor {name!r} has shape {list(edge.shape)} from {edge.source} but {list(shape)} here "
-            "(batch dimension included, -1 variable); make the two agree"
+            f"{where}: ensemble tensor {name!r} has shape {list(edge.shape)} from {edge.source} but {list(shape)} "
+            f"here (batch dimension included, -1 variable); make the two agree [Triton: in ensemble {ensemble}, "
+            f"ensemble tensor {name}: inconsistent shape: {_dims(edge.shape)} is inferred from model {edge.model} "
+            f"while {_dims(shape)} is inferred from model {reader}]"
         )
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return f"[{','.join(map(str, shape))}]"
+
+
+def _graph_problems(ensemble: Ensemble) -> Iterator[str]:
+    """The rules of the ensemble's own data flow, which need no member's config, in Triton's words:
+    each tensor written once, every ensemble input read, every tensor written read, every output
+    written by a step that the ensemble's inputs reach."""
+    label = f"ensemble {ensemble.name!r}"
+    writers: dict[str, list[int]] = {}
+    for index, step in enumerate(ensemble.steps):
+        for tensor in step.output_map.values():
+            writers.setdefault(tensor, []).append(index)
+    for tensor, indexes in writers.items():
+        if len(indexes) > 1:
+            yield (
+                f"{label}: ensemble tensor {tensor!r} is written by more than one output "
+                f"[Triton: ensemble tensor '{tensor}' can appear in an output map only once for ensemble '{ensemble.name}']"
+            )
+    read = {tensor for step in ensemble.steps for tensor in step.input_map.values()}
+    for name in ensemble.inputs:
+        if name not in read:
+            yield f"{label}: ensemble input {name!r} is read by no step [Triton: ensemble input '{name}' for ensemble {ensemble.name}' is not used]"
+    for tensor in writers:
+        if tensor not in read and tensor not in ensemble.outputs:
+            yield f"{label}: ensemble tensor {tensor!r} is written but never read [Triton: ensemble tensor '{tensor}' is unused in ensemble '{ensemble.name}']"
+    reached = set(ensemble.inputs)
+    progress = True
+    while progress:
+        progress = False
+        for step in ensemble.steps:
+            if set(step.input_map.values()) <= reached and not set(step.output_map.values()) <= reached:
+                reached |= set(step.output_map.values())
+                progress = True
+    for name in ensemble.outputs:
+        if name not in writers:
+            yield f"{label} output {name!r}: written by no step [Triton: ensemble output '{name}' for ensemble {ensemble.name}' is not used]"
+        elif name not in reached:
+            cut = sorted(
+                t
+                for i in writers[name]
+                for t in ensemble.steps[i].input_map.values()
+                if t not in writers and t not in ensemble.inputs
+            )
+            detail = f": at least one of its depending tensors, '{cut[0]}', is not connected" if cut else ""
+            yield (
+                f"{label} output {name!r}: the ensemble's inputs never reach the step that writes it "
+                f"[Triton: output '{name}' for ensemble '{ensemble.name}' is not written{detail}]"
+            )
 
 
 def _cycle_problems(label: str, steps: list[tuple[str, Step, Member]]) -> Iterator[str]:

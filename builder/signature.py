@@ -34,8 +34,10 @@ def check_signature(
     max_batch_size: int,
     inputs: Sequence[DeclaredTensor],
     outputs: Sequence[DeclaredTensor],
+    model: str | None = None,
 ) -> list[str]:
-    """Problems between the graph's inputs/outputs and the declared ones, one line each."""
+    """Problems between the graph's inputs/outputs and the declared ones, one line each; with
+    `model` (a config being checked), each also in the words Triton's ONNX Runtime backend uses."""
     graph = proto.graph
     initializers = {init.name for init in graph.initializer}
     graph_inputs = {v.name: v for v in graph.input if v.name not in initializers}
@@ -44,15 +46,43 @@ def check_signature(
     for kind, declared, actual in (("input", inputs, graph_inputs), ("output", outputs, graph_outputs)):
         names = [t.name for t in declared]
         if set(names) != set(actual):
-            problems.append(f"{kind} names differ: declared {names}, the graph has {sorted(actual)}")
+            line = f"{kind} names differ: declared {names}, the graph has {sorted(actual)}"
+            if model is not None:
+                line += _triton_names(model, kind, names, sorted(actual))
+            problems.append(line)
         for tensor in declared:
             if tensor.name in actual:
-                problems.extend(_tensor_problems(max_batch_size, kind, tensor, actual[tensor.name]))
+                problems.extend(_tensor_problems(max_batch_size, kind, tensor, actual[tensor.name], model))
     return problems
 
 
+def _triton_names(model: str, kind: str, declared: list[str], actual: list[str]) -> str:
+    if kind == "input" and len(declared) != len(actual):
+        return f" [Triton: unable to load model '{model}', configuration expects {len(declared)} inputs, model provides {len(actual)}]"
+    unknown = [name for name in declared if name not in actual]
+    if unknown:
+        return f" [Triton: unexpected inference {kind} '{unknown[0]}', allowed {kind}s are: {', '.join(actual)}]"
+    return ""
+
+
+def _triton_dims(model: str, tensor: DeclaredTensor, dims: list[int | None], max_batch_size: int) -> str:
+    """The ONNX Runtime backend's words for a config whose dims disagree with the graph's."""
+    graph = ",".join("-1" if d is None else str(d) for d in dims)
+    full = ",".join(map(str, [*([-1] if max_batch_size > 0 else []), *tensor.dims]))
+    batch = (
+        "an initial batch dimension because max_batch_size > 0 followed by the explicit tensor shape, making complete shape"
+        if max_batch_size > 0
+        else "shape"
+    )
+    rank = len(tensor.dims) + (1 if max_batch_size > 0 else 0)
+    return (
+        f" [Triton: model '{model}', tensor '{tensor.name}': the model expects {len(dims)} dimensions (shape [{graph}]) "
+        f"but the model configuration specifies {rank} dimensions ({batch} [{full}])]"
+    )
+
+
 def _tensor_problems(
-    max_batch_size: int, kind: str, tensor: DeclaredTensor, value: onnx.ValueInfoProto
+    max_batch_size: int, kind: str, tensor: DeclaredTensor, value: onnx.ValueInfoProto, model: str | None = None
 ) -> Iterator[str]:
     label = f"{kind} {tensor.name!r}"
     tensor_type = value.type.tensor_type
@@ -64,18 +94,24 @@ def _tensor_problems(
     batched = max_batch_size > 0
     declared = list(tensor.dims)
     expected_rank = len(declared) + (1 if batched else 0)
+    triton = "" if model is None else _triton_dims(model, tensor, dims, max_batch_size)
     if len(dims) != expected_rank:
         batch_note = " plus the batch dimension" if batched else ""
         shape = [d if d is not None else "?" for d in dims]
         yield (
             f"{label}: declared dims {declared}{batch_note} make rank {expected_rank}, the graph's rank is {len(dims)} "
-            f"(shape {shape}); declare dims without the batch dimension"
+            f"(shape {shape}); declare dims without the batch dimension{triton}"
         )
         return
     if batched and dims[0] is not None:
         yield (
             f"{label}: the graph fixes the batch dimension at {dims[0]}, but max_batch_size {max_batch_size} needs it "
             "variable; make forward() independent of the batch size, or set max_batch_size: 0"
+            + (
+                ""
+                if model is None
+                else " [Triton: model does not support batching while non-zero max_batch_size is specified]"
+            )
         )
     for axis, (want, actual) in enumerate(zip(declared, dims[1:] if batched else dims, strict=True)):
         if want == -1 and actual is not None:
@@ -84,4 +120,4 @@ def _tensor_problems(
                 f"the model cannot take other sizes: declare {actual}, or remove what specialises it in forward()"
             )
         elif want != -1 and actual is not None and actual != want:
-            yield f"{label}: dims[{axis}] is {want} as declared but {actual} in the graph; declare {actual}"
+            yield f"{label}: dims[{axis}] is {want} as declared but {actual} in the graph; declare {actual}{triton}"

@@ -40,8 +40,8 @@ def test_each_broken_config_gets_its_own_line(tiny_repository: Path, tmp_path: P
     problems = check_repository(repo)
     expected = {
         "preferred": "dynamic_batching.preferred_batch_size = 16: dynamic batching preferred size must be <= max batch size (8)",
-        "zero_dim": "input 'x'.dims = [0]: dimension must be integer >= 1, or -1",
-        "reshape": "input 'x'.reshape = [5]: has different size for dims and reshape (4 vs 5 elements)",
+        "zero_dim": "input 'x'.dims = [0]: model input 'x' dimension must be integer >= 1, or -1",
+        "reshape": "input 'x'.reshape = [5]: model input 'x' has different size for dims and reshape",
         "cpu_gpus": "instance_group[0].gpus = [0]: instance group has kind KIND_CPU but specifies one or more GPUs",
         "renamed": "name = 'other': must equal the model's directory name 'renamed'",
         "wrong_dims": "output 'y': dims[0] is 7 as declared but 3 in the graph",
