@@ -70,8 +70,9 @@ compat: ## build the examples and run the unit tests with numpy 2 and onnxruntim
 build-repo: venv ## build model_repository/ from models.yaml (TARGET=cpu|gpu, default: this machine's; FORCE=1 re-exports)
 	$(PY) -m builder build --spec $(SPEC) --repo $(REPO) --target $(TARGET) $(if $(FORCE),--force)
 
-check-repo: venv ## check any model repository against Triton's rules (REPO=path, TARGET=cpu|gpu, TRT_VERSION=10.5, COMPUTE_CAPABILITY=9.0, TORCH_VERSION=2.5.0a0)
+check-repo: venv ## check any model repository against Triton's rules (REPO=path, TARGET=cpu|gpu, STRICT=1, SERVER_VERSION=2.51, TRT_VERSION=10.5, COMPUTE_CAPABILITY=9.0, TORCH_VERSION=2.5.0a0)
 	$(PY) -m builder check --repo $(REPO) $(if $(filter-out auto,$(TARGET)),--target $(TARGET)) \
+		$(if $(STRICT),--strict-model-config) $(if $(SERVER_VERSION),--server-version $(SERVER_VERSION)) \
 		$(if $(TRT_VERSION),--tensorrt-version $(TRT_VERSION)) $(if $(COMPUTE_CAPABILITY),--compute-capability $(COMPUTE_CAPABILITY)) \
 		$(if $(TORCH_VERSION),--torch-version $(TORCH_VERSION))
 

@@ -127,9 +127,7 @@ def _cases(fixtures: Path) -> list[Case]:
             for source in sorted(p for p in platform_dir.iterdir() if p.is_dir()):
                 single = (source / "config.pbtxt").exists() or source.name in NO_CONFIG_CASES
                 home = source if single or not valid else source / source.name
-                cases.append(
-                    Case(group, platform_dir.name, source, not single, _expected(home), valid, strict=False)
-                )
+                cases.append(Case(group, platform_dir.name, source, not single, _expected(home), valid, strict=False))
     for source in sorted(p for p in (fixtures / "noautofill_platform").iterdir() if p.is_dir()):
         for trial in NOAUTOFILL_TRIALS:
             expected = _expected(source, skip=("expected_ensemble",))
@@ -138,9 +136,7 @@ def _cases(fixtures: Path) -> list[Case]:
 
 
 def _expected(folder: Path, skip: tuple[str, ...] = ()) -> list[str]:
-    return [
-        p.read_text().strip() for p in sorted(folder.glob("expected*")) if p.is_file() and p.name not in skip
-    ]
+    return [p.read_text().strip() for p in sorted(folder.glob("expected*")) if p.is_file() and p.name not in skip]
 
 
 def _test_sh_setup(test_sh: Path) -> dict[str, set[Path]]:

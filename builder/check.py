@@ -22,7 +22,9 @@ from builder.ensemble import Ensemble, Member, Step, TensorType, ensemble_proble
 from builder.errors import RenderError
 from builder.fingerprint import BUILD_RECORD, read_record
 from builder.profiles import ShapeProfile, profile_problems
+from builder.python_autocomplete import auto_complete
 from builder.render import FORMATS, parse_config
+from builder.server_schema import DEFAULT_SERVER_VERSION, fields_newer_than
 from builder.signature import check_signature
 from builder.targets import Target
 from server.runtime.triton_kit_compiled import PACKAGE, PROGRAM
@@ -42,10 +44,13 @@ class Problem:
     value: str
     rule: str
     fix: str
+    kit_only: bool = False
+    """A rule of the kit's (a build record, a deployment target), not one the server applies."""
 
     def __str__(self) -> str:
         where = f"{self.field} = {self.value}" if self.value else self.field
-        return f"{self.file}: {where}: {self.rule}" + (f"; fix: {self.fix}" if self.fix else "")
+        label = "[kit rule] " if self.kit_only else ""
+        return f"{self.file}: {where}: {label}{self.rule}" + (f"; fix: {self.fix}" if self.fix else "")
 
 
 @dataclass(frozen=True)
@@ -72,12 +77,16 @@ def check_repository(
     plans: PlanTarget | None = None,
     *,
     strict_model_config: bool = False,
+    server_version: str = DEFAULT_SERVER_VERSION,
 ) -> list[Problem]:
     """Every problem found in the model directories under `root`, plus the `target`'s rules and,
     for TensorRT plans, mismatches with the serving host stated in `plans`.
 
     `strict_model_config` is the server's flag of that name: false (Triton's default) lets the
-    server complete a config from the model, which the check then does first."""
+    server complete a config from the model, which the check then does first. `server_version`
+    is the Triton release serving the repository: fields newer than its schema are reported.
+    Rules of the kit's own (build records, the target) are marked `kit_only`; the build-record
+    rules apply only to configs the kit generated."""
     problems: list[Problem] = []
     configs: dict[str, tuple[Path, pb.ModelConfig]] = {}
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -91,7 +100,8 @@ def check_repository(
                     model_dir,
                     "config.pbtxt",
                     "missing",
-                    "every model directory needs a config",
+                    "model configuration is not provided"
+                    + ("" if strict_model_config else ", and there is no model file Triton can write one from"),
                     "build the model or remove the directory",
                 )
             )
@@ -111,9 +121,27 @@ def check_repository(
             continue
         _infer_backend(config, model_dir)
         if completes:
-            _complete(config, model_dir)
+            problems.extend(
+                Problem(config_path, "auto_complete_config", "", error, "fix the model's auto_complete_config")
+                for error in _complete(config, model_dir)
+            )
         configs[model_dir.name] = (config_path, config)
-        problems.extend(Problem(config_path, *finding) for finding in config_findings(config, model_dir.name, target))
+        servers = set(config_findings(config, model_dir.name))
+        problems.extend(
+            Problem(config_path, *finding, kit_only=finding not in servers)  # the target's rules are the kit's
+            for finding in config_findings(config, model_dir.name, target)
+        )
+        problems.extend(
+            Problem(
+                config_path,
+                path,
+                "set",
+                f"not in the model config schema of Triton {server_version}: that server cannot parse the config "
+                f"(it says 'failed to read text proto'); the field arrived in Triton {added}",
+                f"remove it, or serve with Triton {added} or later and check with --server-version {added}",
+            )
+            for path, added in fields_newer_than(config, server_version)
+        )
         problems.extend(_model_files(model_dir, config_path, config, plans or PlanTarget()))
     problems.extend(_ensembles(configs))
     return problems
@@ -159,27 +187,31 @@ def _completable(model_dir: Path) -> bool:
     )
 
 
-def _complete(config: pb.ModelConfig, model_dir: Path) -> None:
-    """What auto-complete fills in before Triton validates the config: a Python model's
-    auto_complete_config may declare any tensor (so nothing the config leaves out is missing);
-    an ONNX model's tensors come from the graph."""
+def _complete(config: pb.ModelConfig, model_dir: Path) -> list[str]:
+    """Fill in what auto-complete does before Triton validates the config; return the reasons it
+    would stop instead. A Python model's auto_complete_config runs as the backend runs it; an
+    ONNX model's tensors come from the graph."""
     if config.backend == "python":
-        for tensor in [*config.input, *config.output]:
-            if tensor.data_type == pb.TYPE_INVALID:
-                tensor.data_type = pb.TYPE_FP32  # stands for whatever the function declares
-            if not tensor.dims and not tensor.HasField("reshape"):
-                tensor.dims.append(-1)
-        return
+        config.name = config.name or model_dir.name  # as the server hands it to the function
+        scripts = [version / "model.py" for version in _versions(model_dir) if (version / "model.py").is_file()]
+        completed, error = (
+            auto_complete(config, scripts[-1], config.name or model_dir.name) if scripts else (None, None)
+        )
+        if error is not None:
+            return [error]
+        if completed is not None:
+            config.CopyFrom(completed)
+        return []
     onnx_files = [version / "model.onnx" for version in _versions(model_dir) if (version / "model.onnx").is_file()]
     if config.platform != "onnxruntime_onnx" or not onnx_files:
-        return
+        return []
     graph = onnx.load(str(onnx_files[0]), load_external_data=False).graph
     initializers = {init.name for init in graph.initializer}
     values = {v.name: v for v in [*graph.input, *graph.output] if v.name not in initializers}
     batched = config.max_batch_size > 0
-    for kind, tensors, graph_values in (
-        ("input", config.input, [v for v in graph.input if v.name not in initializers]),
-        ("output", config.output, list(graph.output)),
+    for tensors, graph_values in (
+        (config.input, [v for v in graph.input if v.name not in initializers]),
+        (config.output, list(graph.output)),
     ):
         if not tensors:
             for value in graph_values:
@@ -195,6 +227,16 @@ def _complete(config: pb.ModelConfig, model_dir: Path) -> None:
             if not tensor.dims and not tensor.HasField("reshape"):
                 shape = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
                 tensor.dims.extend(shape[1:] if batched else shape)
+    return []
+
+
+_KIT_HEADER = "# Generated by the kit's builder"
+
+
+def _kit_built(config_path: Path) -> bool:
+    """Whether the kit's builder wrote this config (and so a build record beside each plan)."""
+    with config_path.open() as config:
+        return any(line.startswith(_KIT_HEADER) for line, _ in zip(config, range(3), strict=False))
 
 
 def _model_files(model_dir: Path, config_path: Path, config: pb.ModelConfig, plans: PlanTarget) -> Iterator[Problem]:
@@ -258,6 +300,7 @@ def _package_record(version: Path, plans: PlanTarget) -> Iterator[Problem]:
             "missing",
             "a compiled package without a build record cannot be matched to a torch version or device",
             "build it with make build-repo, which records them",
+            kit_only=True,
         )
         return
     serving = plans.torch_version or _installed_torch()
@@ -294,6 +337,8 @@ def _plan_record(config: pb.ModelConfig, config_path: Path, version: Path, plans
     profiles (reading the plan itself would need TensorRT and that very GPU)."""
     record_path = version / BUILD_RECORD
     engine = read_record(version).get("tensorrt")
+    if not isinstance(engine, dict) and not _kit_built(config_path):
+        return  # a plan the kit did not build: nothing records what built it, and nothing has to
     if not isinstance(engine, dict):
         yield Problem(
             record_path,
@@ -301,6 +346,7 @@ def _plan_record(config: pb.ModelConfig, config_path: Path, version: Path, plans
             "missing",
             "a plan without a build record cannot be matched to a TensorRT version, GPU or profile",
             "build it with make build-repo, which records them",
+            kit_only=True,
         )
         return
     recorded_version = str(engine.get("version"))
@@ -326,7 +372,13 @@ def _plan_record(config: pb.ModelConfig, config_path: Path, version: Path, plans
     profiles = [ShapeProfile.from_record(p) for p in engine.get("profiles", [])]
     dims = {tensor.name: list(tensor.dims) for tensor in config.input}
     for rule in profile_problems(config.max_batch_size, dims, profiles):
-        yield Problem(config_path, "max_batch_size / dims", "", rule, "make the config and the plan's profile agree")
+        yield Problem(
+            config_path,
+            "max_batch_size / dims",
+            "",
+            rule,
+            "make the config and the plan's profile agree",
+        )
 
 
 def _onnx_signature(config: pb.ModelConfig, config_path: Path, model_file: Path) -> Iterator[Problem]:
@@ -338,7 +390,7 @@ def _onnx_signature(config: pb.ModelConfig, config_path: Path, model_file: Path)
 
 
 def _ensembles(configs: dict[str, tuple[Path, pb.ModelConfig]]) -> Iterator[Problem]:
-    members = {name: _member(name, config) for name, (_, config) in configs.items()}
+    members = {name: _member(name, config, config_path.parent) for name, (config_path, config) in configs.items()}
     for name, (config_path, config) in configs.items():
         if config.platform != "ensemble":
             continue
@@ -347,13 +399,16 @@ def _ensembles(configs: dict[str, tuple[Path, pb.ModelConfig]]) -> Iterator[Prob
             max_batch_size=config.max_batch_size,
             inputs=_tensor_types(config.input),
             outputs=_tensor_types(config.output),
-            steps=[Step(s.model_name, dict(s.input_map), dict(s.output_map)) for s in config.ensemble_scheduling.step],
+            steps=[
+                Step(s.model_name, dict(s.input_map), dict(s.output_map), s.model_version)
+                for s in config.ensemble_scheduling.step
+            ],
         )
         for line in ensemble_problems(ensemble, members):
             yield Problem(config_path, "ensemble_scheduling", "", line, "")
 
 
-def _member(name: str, config: pb.ModelConfig) -> Member:
+def _member(name: str, config: pb.ModelConfig, model_dir: Path) -> Member:
     return Member(
         name=name,
         max_batch_size=config.max_batch_size,
@@ -361,7 +416,20 @@ def _member(name: str, config: pb.ModelConfig) -> Member:
         outputs=_tensor_types(config.output),
         optional_inputs=frozenset(t.name for t in config.input if t.optional),
         uses=tuple(s.model_name for s in config.ensemble_scheduling.step),
+        versions=_loaded_versions(config, model_dir),
     )
+
+
+def _loaded_versions(config: pb.ModelConfig, model_dir: Path) -> frozenset[int]:
+    """The versions Triton loads: its version policy (latest 1 by default) over the folders."""
+    present = sorted(int(p.name) for p in _versions(model_dir))
+    policy = config.version_policy
+    if policy.HasField("all"):
+        return frozenset(present)
+    if policy.HasField("specific"):
+        return frozenset(v for v in policy.specific.versions if v in present)
+    latest = policy.latest.num_versions if policy.HasField("latest") and policy.latest.num_versions else 1
+    return frozenset(present[-latest:])
 
 
 def _tensor_types(items: Sequence[pb.ModelInput] | Sequence[pb.ModelOutput]) -> dict[str, TensorType]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from builder.check import PlanTarget, check_repository
 from builder.errors import BuildError
+from builder.server_schema import DEFAULT_SERVER_VERSION
 from builder.targets import TARGETS, Target
 
 __all__ = ["main"]
@@ -45,6 +46,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="flag TensorRT plans and compiled CUDA packages built for another GPU (e.g. 9.0 for H100/H200)",
     )
     check.add_argument(
+        "--strict-model-config",
+        action="store_true",
+        help="as the server flag of that name: no auto-complete, every model needs a full config",
+    )
+    check.add_argument(
+        "--server-version",
+        default=DEFAULT_SERVER_VERSION,
+        help=f"the Triton release serving the repository, whose config schema applies (default {DEFAULT_SERVER_VERSION})",
+    )
+    check.add_argument(
         "--torch-version",
         help="flag compiled packages built by another torch (default: the torch installed here, which serves them)",
     )
@@ -52,9 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "build":
             return _build(args.spec, args.repo, args.force, None if args.target == "auto" else args.target)
-        return _check(
-            args.repo, args.target, PlanTarget(args.tensorrt_version, args.compute_capability, args.torch_version)
-        )
+        plans = PlanTarget(args.tensorrt_version, args.compute_capability, args.torch_version)
+        return _check(args.repo, args.target, plans, args.strict_model_config, args.server_version)
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -75,11 +85,11 @@ def _build(spec: Path, repo: Path, force: bool, target: Target | None) -> int:
     return 0
 
 
-def _check(repo: Path, target: Target | None, plans: PlanTarget) -> int:
+def _check(repo: Path, target: Target | None, plans: PlanTarget, strict: bool, server_version: str) -> int:
     if not repo.is_dir():
         print(f"error: {repo} is not a directory; build it with `make build-repo` or pass REPO=<path>", file=sys.stderr)
         return 2
-    problems = check_repository(repo, target, plans)
+    problems = check_repository(repo, target, plans, strict_model_config=strict, server_version=server_version)
     for problem in problems:
         print(problem)
     print(f"{repo}: {len(problems)} problem(s)", file=sys.stderr)

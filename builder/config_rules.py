@@ -20,6 +20,8 @@ Finding = tuple[str, str, str, str]
 """(field, value, rule, fix)"""
 
 _KNOWN_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt", "pytorch_libtorch": "pytorch"}
+_PLATFORMS = {*_KNOWN_BACKENDS, "ensemble", "tensorflow_graphdef", "tensorflow_savedmodel"}
+"""The platform names Triton 2.51 knows; any other backend is named by `backend`."""
 
 
 def config_findings(config: pb.ModelConfig, directory_name: str, target: Target | None = None) -> Iterator[Finding]:
@@ -81,6 +83,13 @@ def config_findings(config: pb.ModelConfig, directory_name: str, target: Target 
 
 
 def _platform(config: pb.ModelConfig, model: str) -> Iterator[Finding]:
+    if config.platform and config.platform not in _PLATFORMS:
+        yield (
+            "platform",
+            repr(config.platform),
+            f"unexpected platform type '{config.platform}' for {model}",
+            f"use one of {', '.join(sorted(_PLATFORMS))}, or name a backend with backend: instead",
+        )
     if config.platform == "ensemble" and config.backend:
         yield (
             "backend",

@@ -31,6 +31,8 @@ class Member:
     outputs: Mapping[str, TensorType]
     optional_inputs: frozenset[str] = frozenset()
     uses: tuple[str, ...] = ()
+    versions: frozenset[int] | None = None
+    """The versions Triton loads (its version policy over the version folders); None if unknown."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class Step:
     model: str
     input_map: Mapping[str, str]
     output_map: Mapping[str, str]
+    version: int = -1
+    """The member's version the step calls; -1 for the one Triton serves."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,13 @@ def _problems(ensemble: Ensemble, members: Mapping[str, Member]) -> Iterator[str
                 f"[Triton: ensemble {ensemble.name} contains models that are not available or ambiguous: {step.model}]"
             )
             continue
+        if step.version != -1 and member.versions is not None and step.version not in member.versions:
+            loaded = ", ".join(map(str, sorted(member.versions))) or "none"
+            yield (
+                f"{where}: calls version {step.version}, which its version policy does not load (loaded: {loaded}) "
+                f"[Triton: ensemble '{ensemble.name}' depends on '{step.model}' whose required version "
+                f"{step.version} is not loaded]"
+            )
         yield from _mapping_problems(ensemble.name, where, step, member)
         if member.max_batch_size > 0 and ensemble.max_batch_size > member.max_batch_size:
             yield (
@@ -318,4 +329,9 @@ def _full(max_batch_size: int, dims: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    if abs(len(a) - len(b)) == 1:
+        # One side batches and the other does not (a non-batching ensemble calling a batching
+        # model): Triton compares the dims without the batch dimension.
+        longer, shorter = (a, b) if len(a) > len(b) else (b, a)
+        return longer[0] == -1 and _compatible(longer[1:], shorter)
     return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b, strict=True))

@@ -97,6 +97,54 @@ def _unmapped(config: pb.ModelConfig) -> None:
     step.input_map["q"] = "features"
 
 
+def _batch_input_without_source(config: pb.ModelConfig) -> None:
+    config.batch_input.add(kind=pb.BatchInput.BATCH_ELEMENT_COUNT, target_name=["count"], data_type=pb.TYPE_FP32)
+
+
+def _batch_output_unknown_target(config: pb.ModelConfig) -> None:
+    config.batch_output.add(
+        target_name=["nope"], kind=pb.BatchOutput.BATCH_SCATTER_WITH_INPUT_SHAPE, source_input=["x"]
+    )
+
+
+def _sequence_controls(*controls: tuple[str, int]) -> Change:
+    def change(config: pb.ModelConfig) -> None:
+        config.ClearField("dynamic_batching")
+        for name, kind in controls:
+            control_input = config.sequence_batching.control_input.add(name=name)
+            control_input.control.add(kind=kind, int32_false_true=[0, 1])
+
+    return change
+
+
+def _ordering_with_delay(config: pb.ModelConfig) -> None:
+    config.dynamic_batching.preserve_ordering = True
+    config.dynamic_batching.default_queue_policy.timeout_action = pb.ModelQueuePolicy.DELAY
+
+
+def _ensemble_scheduling_on_a_model(config: pb.ModelConfig) -> None:
+    config.ClearField("dynamic_batching")
+    step = config.ensemble_scheduling.step.add(model_name="linear", model_version=-1)
+    step.input_map["x"] = "x"
+    step.output_map["y"] = "y"
+
+
+def _negative_gpu(config: pb.ModelConfig) -> None:
+    config.instance_group[0].kind = pb.ModelInstanceGroup.KIND_GPU
+    config.instance_group[0].gpus.extend([-1])
+
+
+def _model_metrics(config: pb.ModelConfig) -> None:
+    config.model_metrics.metric_control.add().metric_identifier.family = "nv_inference_request_duration_us"
+
+
+def _needs_version_2(config: pb.ModelConfig) -> None:
+    config.ensemble_scheduling.step[0].model_version = 2
+
+
+START = pb.ModelSequenceBatching.Control.CONTROL_SEQUENCE_START
+READY = pb.ModelSequenceBatching.Control.CONTROL_SEQUENCE_READY
+
 CASES = [
     Case(
         "preferred_too_big",
@@ -173,6 +221,57 @@ CASES = [
         "inconsistent data type",
         "is TYPE_INT32 from ensemble input 'features' but TYPE_FP32 here",
     ),
+    Case("batch_input_source", _batch_input_without_source, "expects 1 source input, got 0"),
+    Case("batch_output_target", _batch_output_unknown_target, "unknown target output name 'nope'"),
+    Case(
+        "control_kind_twice",
+        _sequence_controls(("START", START), ("BEGIN", START)),
+        "sequence batching specifies multiple CONTROL_SEQUENCE_START tensors",
+    ),
+    Case(
+        "control_tensor_twice",
+        _sequence_controls(("START", START), ("START", READY)),
+        "sequence batching control tensor 'START' is specified for multiple control kinds",
+    ),
+    Case(
+        "ordering_with_delay",
+        _ordering_with_delay,
+        "Queue policy can not have DELAY as timeout action when 'preserve_ordering' is true",
+    ),
+    Case(
+        "reshape_variable",
+        lambda c: c.input[0].reshape.shape.extend([2, -1]),
+        "model input 'x' has different size for dims and reshape",
+        base="sequence",
+    ),
+    Case(
+        "ensemble_scheduling_on_a_model",
+        _ensemble_scheduling_on_a_model,
+        "ensemble scheduling cannot be set for model 'ensemble_scheduling_on_a_model' whose platform is not ensemble",
+    ),
+    Case("negative_gpu", _negative_gpu, "specifies invalid or unsupported gpu id -1"),
+    Case(
+        "ensemble_no_input_map",
+        _ensemble(lambda c: c.ensemble_scheduling.step[0].ClearField("input_map")),
+        "must specify 'input_map' in step 0 of ensemble 'ensemble_no_input_map'",
+    ),
+    Case(
+        "ensemble_missing_model",
+        _ensemble(_set("ensemble_scheduling.step.0.model_name", "nowhere")),
+        "contains models that are not available or ambiguous: nowhere",
+    ),
+    Case("unknown_platform", _set("platform", "onnxruntim"), "unexpected platform type 'onnxruntim'"),
+    Case(
+        "ensemble_version",
+        _ensemble(_needs_version_2),
+        "ensemble 'ensemble_version' depends on 'linear' whose required version 2 is not loaded",
+    ),
+    Case(
+        "newer_field",
+        _model_metrics,
+        "failed to read text proto",
+        "model_metrics = set: not in the model config schema of Triton 2.51: that server cannot parse the config",
+    ),
     Case(
         "ensemble_batch",
         _ensemble(_set("max_batch_size", 16)),
@@ -243,3 +342,60 @@ def test_server_and_checker_refuse_the_same_config(judged: tuple[Path, EmbeddedT
     assert case.reason in server_says, server_says
     lines = [str(p) for p in check_repository(repo) if p.file.parent.name == case.name]
     assert any((case.checker or case.reason) in line for line in lines), lines
+
+
+AUTO_COMPLETE_MISSING_DATA_TYPE = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        config.add_input({"name": "x", "dims": [4]})
+        return config
+
+    def execute(self, requests):
+        return []
+"""
+
+
+def test_a_python_models_auto_complete_config_is_run_as_the_server_runs_it(
+    judged: tuple[Path, EmbeddedTriton],
+) -> None:
+    """With auto-complete on (the server's default), the backend runs the model's
+    auto_complete_config before validating; a declaration it refuses stops the load, and the
+    checker, which runs the function the same way, gives the same reason."""
+    repo, server = judged
+    model = repo / "auto_complete_broken"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text(AUTO_COMPLETE_MISSING_DATA_TYPE)
+    (model / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 0\n')
+    reason = (
+        "input 'x' in auto-complete-config function for model 'auto_complete_broken' is missing 'data_type' property"
+    )
+    with TritonClient(server.grpc_url) as client, pytest.raises(ModelNotReady) as refused:
+        client.load_model("auto_complete_broken")
+    assert reason in str(refused.value) + server.log_tail(lines=400)
+    lines = [str(p) for p in check_repository(repo) if p.file.parent.name == "auto_complete_broken"]
+    assert any(reason in line for line in lines), lines
+    # With --strict-model-config the server runs no auto_complete_config, and neither does the check.
+    strict = [str(p) for p in check_repository(repo, strict_model_config=True) if p.file.parent.name == model.name]
+    assert not any("auto-complete-config" in line for line in strict), strict
+
+
+def test_an_onnx_model_without_platform_is_checked_against_its_graph(judged: tuple[Path, EmbeddedTriton]) -> None:
+    """Triton infers the platform from model.onnx; the checker does too, so a config that
+    names no platform is still held to the graph."""
+    repo, server = judged
+    config = text_format.Parse((repo / "linear" / "config.pbtxt").read_text(), pb.ModelConfig())
+    config.ClearField("platform")
+    config.name = "no_platform"
+    config.input[0].name = "q"
+    shutil.copytree(repo / "linear", repo / "no_platform")
+    (repo / "no_platform" / "config.pbtxt").write_text(text_format.MessageToString(config))
+    with TritonClient(server.grpc_url) as client, pytest.raises(ModelNotReady) as refused:
+        client.load_model("no_platform")
+    server_says = str(refused.value)
+    assert "'q'" in server_says, server_says
+    lines = [str(p) for p in check_repository(repo) if p.file.parent.name == "no_platform"]
+    assert any("input names differ: declared ['q'], the graph has ['x']" in line for line in lines), lines

@@ -1,0 +1,99 @@
+"""A Python model's `auto_complete_config`, run as Triton's Python backend runs it at load.
+
+With auto-complete on (Triton's default, `--strict-model-config=false`) the backend calls the
+model class's `auto_complete_config(config)` before the config is validated; what the function
+declares joins the config, and a bad declaration stops the load with the message of the
+backend's own `pb_utils.ModelConfig`. The check runs that function the same way: the model file
+in a fresh interpreter (it may import anything, and must not run inside the checker), beside the
+`triton_python_backend_utils` the embedded server's Python backend uses.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+__all__ = ["auto_complete"]
+
+_TIMEOUT_S = 120
+
+_RUN = """
+import importlib.util, json, sys
+sys.path.insert(0, sys.argv[1])
+import triton_python_backend_utils as pb_utils
+spec = importlib.util.spec_from_file_location("model", sys.argv[2])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+function = getattr(module.TritonPythonModel, "auto_complete_config", None)
+if function is None:
+    print(json.dumps({"config": None}))
+    sys.exit()
+try:
+    result = function(pb_utils.ModelConfig(sys.argv[3]))
+except Exception as error:
+    print(json.dumps({"error": str(error)}))
+    sys.exit()
+if not isinstance(result, pb_utils.ModelConfig):
+    print(json.dumps({"error": "must return a valid pb.ModelConfig object"}))
+    sys.exit()
+print(json.dumps({"config": result.as_dict()}))
+"""
+
+
+def auto_complete(config: pb.ModelConfig, model_file: Path, model: str) -> tuple[pb.ModelConfig | None, str | None]:
+    """The config as the model's auto_complete_config leaves it (None if it defines none), or
+    the reason the backend would refuse the model, in the backend's words."""
+    from server.embedded import ServerError, find_installation  # the server's own utils module
+
+    try:
+        utils = find_installation().python_backend
+    except ServerError:
+        return None, None  # no Python backend here to run it with: nothing is claimed
+    given = json.dumps(
+        _numbers(
+            json_format.MessageToDict(
+                config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+        )
+    )
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", _RUN, str(utils), str(model_file), given],
+            capture_output=True,
+            text=True,
+            timeout=_TIMEOUT_S,
+            cwd=model_file.parent,
+        )
+    except subprocess.TimeoutExpired:
+        return None, f"auto_complete_config of model '{model}' did not return within {_TIMEOUT_S} s"
+    answer = run.stdout.strip().splitlines()[-1:] if run.returncode == 0 else []
+    if not answer:
+        last = (run.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return None, f"loading {model_file} for its auto_complete_config failed: {last}"
+    result = json.loads(answer[0])
+    if "error" in result:
+        error = str(result["error"])
+        if error == "must return a valid pb.ModelConfig object":
+            error = f"auto_complete_config function in model '{model}' must return a valid pb.ModelConfig object."
+        return None, error
+    if result["config"] is None:
+        return None, None
+    completed = pb.ModelConfig()
+    json_format.ParseDict(result["config"], completed, ignore_unknown_fields=True)
+    return completed, None
+
+
+def _numbers(value: object) -> object:
+    """protobuf writes int64 fields (dims, shapes) as JSON strings; Triton hands the backend numbers."""
+    if isinstance(value, dict):
+        return {key: _numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_numbers(item) for item in value]
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    return value
