@@ -417,6 +417,7 @@ def _member(name: str, config: pb.ModelConfig, model_dir: Path) -> Member:
         optional_inputs=frozenset(t.name for t in config.input if t.optional),
         uses=tuple(s.model_name for s in config.ensemble_scheduling.step),
         versions=_loaded_versions(config, model_dir),
+        decoupled=config.model_transaction_policy.decoupled,
     )
 
 

@@ -97,6 +97,14 @@ def _platform(config: pb.ModelConfig, model: str) -> Iterator[Finding]:
             f"Ensemble model '{model}' must have platform type 'ensemble' and empty backend type",
             "remove backend",
         )
+    if (config.platform == "pytorch_libtorch" or config.backend == "pytorch") and not config.output:
+        # The PyTorch backend's words (Triton's qa/L0_model_config fixtures); the embedded server has no such backend.
+        yield (
+            "output",
+            "(none)",
+            "model configuration must contain at least one output, none were specified",
+            "declare the outputs of the TorchScript model's forward()",
+        )
     expected = _KNOWN_BACKENDS.get(config.platform)
     if expected and config.backend and config.backend != expected:
         yield (

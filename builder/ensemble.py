@@ -33,6 +33,7 @@ class Member:
     uses: tuple[str, ...] = ()
     versions: frozenset[int] | None = None
     """The versions Triton loads (its version policy over the version folders); None if unknown."""
+    decoupled: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ def _problems(ensemble: Ensemble, members: Mapping[str, Member]) -> Iterator[str
                 f"remove it or map it [Triton: {triton}]"
             )
     yield from _cycle_problems(label, usable)
+    yield from _decoupled_problems(ensemble, usable)
 
 
 def _mapping_problems(ensemble: str, where: str, step: Step, member: Member) -> Iterator[str]:
@@ -282,6 +284,39 @@ def _graph_problems(ensemble: Ensemble) -> Iterator[str]:
             yield (
                 f"{label} output {name!r}: the ensemble's inputs never reach the step that writes it "
                 f"[Triton: output '{name}' for ensemble '{ensemble.name}' is not written{detail}]"
+            )
+
+
+def _decoupled_problems(ensemble: Ensemble, steps: list[tuple[str, Step, Member]]) -> Iterator[str]:
+    """No tensor may carry the responses of two decoupled steps: each sends any number of
+    responses, and Triton cannot pair them up for whatever reads the tensor."""
+    writer = {tensor: index for index, (_, step, _) in enumerate(steps) for tensor in step.output_map.values()}
+    memo: dict[int, frozenset[int]] = {}
+
+    def origins(tensor: str, seen: frozenset[int] = frozenset()) -> frozenset[int]:
+        """The decoupled steps whose responses reach `tensor`."""
+        index = writer.get(tensor)
+        if index is None or index in seen:
+            return frozenset()  # an ensemble input, or a cycle (reported as such)
+        if index not in memo:
+            _, step, member = steps[index]
+            memo[index] = (
+                frozenset({index})
+                if member.decoupled
+                else frozenset().union(*(origins(t, seen | {index}) for t in step.input_map.values()))
+            )
+        return memo[index]
+
+    readers = [(where, step.model, list(step.input_map.values())) for where, step, _ in steps]
+    readers.append((f"ensemble {ensemble.name!r} outputs", ensemble.name, list(ensemble.outputs)))
+    for where, model, tensors in readers:
+        mixed = sorted({t for t in tensors if len(origins(t)) > 1})
+        if mixed:
+            sources = ", ".join("step " + steps[i][0].split(" step ", 1)[1] for i in sorted(origins(mixed[0])))
+            yield (
+                f"{where}: ensemble tensor {mixed[0]!r} carries the responses of different decoupled steps "
+                f"({sources}), which cannot be paired [Triton: in ensemble {ensemble.name}, step of model "
+                f"'{model}' receives inputs originated from different decoupled models]"
             )
 
 

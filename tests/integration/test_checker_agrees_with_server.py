@@ -399,3 +399,57 @@ def test_an_onnx_model_without_platform_is_checked_against_its_graph(judged: tup
     assert "'q'" in server_says, server_says
     lines = [str(p) for p in check_repository(repo) if p.file.parent.name == "no_platform"]
     assert any("input names differ: declared ['q'], the graph has ['x']" in line for line in lines), lines
+
+
+DECOUPLED_MODEL = """
+class TritonPythonModel:
+    def execute(self, requests):
+        return None
+"""
+
+
+def _python_model(repo: Path, name: str, config: str) -> None:
+    (repo / name / "1").mkdir(parents=True)
+    (repo / name / "1" / "model.py").write_text(DECOUPLED_MODEL)
+    (repo / name / "config.pbtxt").write_text(f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n{config}')
+
+
+def test_an_ensemble_joining_two_decoupled_steps_is_refused_by_both(judged: tuple[Path, EmbeddedTriton]) -> None:
+    repo, server = judged
+    tensor = "data_type: TYPE_FP32 dims: [ 4 ]"
+    _python_model(
+        repo,
+        "repeat",
+        f'model_transaction_policy {{ decoupled: true }}\ninput {{ name: "IN" {tensor} }}\noutput {{ name: "OUT" {tensor} }}\n',
+    )
+    _python_model(
+        repo,
+        "pair",
+        f'input {{ name: "A" {tensor} }}\ninput {{ name: "B" {tensor} }}\noutput {{ name: "C" {tensor} }}\n',
+    )
+    steps = "".join(
+        f'step {{ model_name: "{model}" model_version: -1 {maps} }}\n'
+        for model, maps in (
+            ("repeat", 'input_map { key: "IN" value: "features" } output_map { key: "OUT" value: "a" }'),
+            ("repeat", 'input_map { key: "IN" value: "features" } output_map { key: "OUT" value: "b" }'),
+            (
+                "pair",
+                'input_map { key: "A" value: "a" } input_map { key: "B" value: "b" } output_map { key: "C" value: "c" }',
+            ),
+        )
+    )
+    (repo / "branching" / "1").mkdir(parents=True)
+    (repo / "branching" / "config.pbtxt").write_text(
+        f'name: "branching"\nplatform: "ensemble"\nmax_batch_size: 0\ninput {{ name: "features" {tensor} }}\n'
+        f'output {{ name: "c" {tensor} }}\nensemble_scheduling {{\n{steps}}}\n'
+    )
+    # 'pair' joins the two decoupled streams; what reads its output (here the ensemble's own
+    # output) is where Triton, and the checker, see responses that cannot be paired.
+    reason = (
+        "in ensemble branching, step of model 'branching' receives inputs originated from different decoupled models"
+    )
+    with TritonClient(server.grpc_url) as client, pytest.raises(ModelNotReady) as refused:
+        client.load_model("branching")
+    assert reason in str(refused.value) + server.log_tail(lines=400)
+    lines = [str(p) for p in check_repository(repo) if p.file.parent.name == "branching"]
+    assert any(reason in line for line in lines), lines

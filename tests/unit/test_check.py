@@ -139,3 +139,11 @@ def test_kit_rules_are_labelled_and_records_are_asked_only_of_plans_the_kit_buil
     assert lines_for(problems, "theirs") == []
     (ours,) = lines_for(problems, "ours")
     assert "tensorrt = missing: [kit rule] a plan without a build record" in ours
+
+
+def test_a_pytorch_model_needs_an_output(tiny_repository: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repository, repo)
+    edit(repo, "torch", lambda c: (setattr(c, "platform", "pytorch_libtorch"), c.ClearField("output")))
+    lines = lines_for(check_repository(repo), "torch")
+    assert any("model configuration must contain at least one output, none were specified" in line for line in lines)
