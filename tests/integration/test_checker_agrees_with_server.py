@@ -344,6 +344,15 @@ def test_server_and_checker_refuse_the_same_config(judged: tuple[Path, EmbeddedT
     assert any((case.checker or case.reason) in line for line in lines), lines
 
 
+def both_refuse(repo: Path, server: EmbeddedTriton, model: str, reason: str) -> None:
+    """The server refuses to load `model` for `reason`, and the checker flags it with the same words."""
+    with TritonClient(server.grpc_url) as client, pytest.raises(ModelNotReady) as refused:
+        client.load_model(model)
+    assert reason in str(refused.value) + server.log_tail(lines=400)
+    lines = [str(p) for p in check_repository(repo) if p.file.parent.name == model]
+    assert any(reason in line for line in lines), lines
+
+
 AUTO_COMPLETE_MISSING_DATA_TYPE = """
 import triton_python_backend_utils as pb_utils
 
@@ -373,11 +382,7 @@ def test_a_python_models_auto_complete_config_is_run_as_the_server_runs_it(
     reason = (
         "input 'x' in auto-complete-config function for model 'auto_complete_broken' is missing 'data_type' property"
     )
-    with TritonClient(server.grpc_url) as client, pytest.raises(ModelNotReady) as refused:
-        client.load_model("auto_complete_broken")
-    assert reason in str(refused.value) + server.log_tail(lines=400)
-    lines = [str(p) for p in check_repository(repo) if p.file.parent.name == "auto_complete_broken"]
-    assert any(reason in line for line in lines), lines
+    both_refuse(repo, server, "auto_complete_broken", reason)
     # With --strict-model-config the server runs no auto_complete_config, and neither does the check.
     strict = [str(p) for p in check_repository(repo, strict_model_config=True) if p.file.parent.name == model.name]
     assert not any("auto-complete-config" in line for line in strict), strict
@@ -448,8 +453,4 @@ def test_an_ensemble_joining_two_decoupled_steps_is_refused_by_both(judged: tupl
     reason = (
         "in ensemble branching, step of model 'branching' receives inputs originated from different decoupled models"
     )
-    with TritonClient(server.grpc_url) as client, pytest.raises(ModelNotReady) as refused:
-        client.load_model("branching")
-    assert reason in str(refused.value) + server.log_tail(lines=400)
-    lines = [str(p) for p in check_repository(repo) if p.file.parent.name == "branching"]
-    assert any(reason in line for line in lines), lines
+    both_refuse(repo, server, "branching", reason)

@@ -37,6 +37,22 @@ pytestmark = [pytest.mark.server]
 X = np.random.default_rng(0).normal(size=(1, 4)).astype(np.float32)
 
 
+def slow_model(seconds: float, max_batch_size: int = 1, max_queue_size: int | None = None) -> dict[str, object]:
+    """A Python model busy `seconds` a request (y = x), with a queue of `max_queue_size` if given."""
+    entry: dict[str, object] = {
+        "name": "slow",
+        "kind": "python",
+        "source": "tests.tiny_processors:Slow",
+        "options": {"seconds": seconds},
+        "max_batch_size": max_batch_size,
+        "inputs": [{"name": "x", "dtype": "TYPE_FP32", "dims": [4]}],
+        "outputs": [{"name": "y", "dtype": "TYPE_FP32", "dims": [4]}],
+    }
+    if max_queue_size is not None:
+        entry["dynamic_batching"] = {"default_queue_policy": {"max_queue_size": max_queue_size}}
+    return entry
+
+
 def test_a_killed_backend_process_costs_no_request_of_a_retrying_client(tmp_path: Path) -> None:
     """kill -9 of the stub serving a model under load: the supervisor reloads the model, and the
     client's retries carry every request over the gap (Triton alone fails them for good)."""
@@ -91,16 +107,7 @@ def test_a_model_unloading_in_a_drain_is_answered_as_unavailable_and_in_flight_w
     """SIGTERM with a slow request in flight: Triton unloads the idle model at once and waits for
     the busy one. A request to the unloaded model must read as a stopping server (retryable, so
     a client behind two servers moves on), not as a missing model."""
-    slow = {
-        "name": "slow",
-        "kind": "python",
-        "source": "tests.tiny_processors:Slow",
-        "options": {"seconds": 4.0},
-        "max_batch_size": 8,
-        "inputs": [{"name": "x", "dtype": "TYPE_FP32", "dims": [4]}],
-        "outputs": [{"name": "y", "dtype": "TYPE_FP32", "dims": [4]}],
-    }
-    repo = build_entries(tmp_path, linear_model(), slow)
+    repo = build_entries(tmp_path, linear_model(), slow_model(seconds=4.0, max_batch_size=8))
     server = make_server(repo, tmp_path)
     server.start(timeout_s=240)
     try:
@@ -218,17 +225,7 @@ def test_a_second_server_on_ports_in_use_refuses_to_start_instead_of_reporting_r
 def test_overload_is_refused_at_once_while_admitted_requests_are_answered(tmp_path: Path) -> None:
     """A queue bounded at 2 on a model busy for 1 s a request: of 12 sent at once, those beyond
     the one running and the two queued are refused as unavailable (retryable), none fails."""
-    slow = {
-        "name": "slow",
-        "kind": "python",
-        "source": "tests.tiny_processors:Slow",
-        "options": {"seconds": 1.0},
-        "max_batch_size": 1,
-        "inputs": [{"name": "x", "dtype": "TYPE_FP32", "dims": [4]}],
-        "outputs": [{"name": "y", "dtype": "TYPE_FP32", "dims": [4]}],
-        "dynamic_batching": {"default_queue_policy": {"max_queue_size": 2}},
-    }
-    repo = build_entries(tmp_path, slow)
+    repo = build_entries(tmp_path, slow_model(seconds=1.0, max_queue_size=2))
     server = make_server(repo, tmp_path)
     server.start(timeout_s=240)
     clients = [TritonClient(server.grpc_url, retries=0, timeout_s=60) for _ in range(12)]
@@ -260,17 +257,7 @@ def test_a_load_test_counts_queue_refusals_as_rejected_not_failed(tmp_path: Path
     """Locust users beyond what a queue of 1 admits are refused at once; the report counts them
     as rejected, keeps them out of throughput and latency, and a rejected-ratio threshold fails
     the run on them."""
-    slow = {
-        "name": "slow",
-        "kind": "python",
-        "source": "tests.tiny_processors:Slow",
-        "options": {"seconds": 0.2},
-        "max_batch_size": 1,
-        "inputs": [{"name": "x", "dtype": "TYPE_FP32", "dims": [4]}],
-        "outputs": [{"name": "y", "dtype": "TYPE_FP32", "dims": [4]}],
-        "dynamic_batching": {"default_queue_policy": {"max_queue_size": 1}},
-    }
-    server = make_server(build_entries(tmp_path, slow), tmp_path)
+    server = make_server(build_entries(tmp_path, slow_model(seconds=0.2, max_queue_size=1)), tmp_path)
     server.start(timeout_s=240)
     try:
         report = tmp_path / "report"
