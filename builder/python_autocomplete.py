@@ -48,8 +48,11 @@ print(json.dumps({"config": result.as_dict()}))
 def auto_complete(config: pb.ModelConfig, model_file: Path, model: str) -> tuple[pb.ModelConfig | None, str | None]:
     """The config as the model's auto_complete_config leaves it (None if it defines none), or
     the reason the backend would refuse the model, in the backend's words."""
+    if "auto_complete_config" not in model_file.read_text(errors="replace"):
+        return None, None  # nothing to run (and the model's imports, torch say, stay unloaded)
     from server.embedded import ServerError, find_installation  # the server's own utils module
 
+    model_file = model_file.resolve()
     try:
         utils = find_installation().python_backend
     except ServerError:
@@ -84,7 +87,10 @@ def auto_complete(config: pb.ModelConfig, model_file: Path, model: str) -> tuple
     if result["config"] is None:
         return None, None
     completed = pb.ModelConfig()
-    json_format.ParseDict(result["config"], completed, ignore_unknown_fields=True)
+    try:
+        json_format.ParseDict(result["config"], completed, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        return None, f"auto_complete_config of model '{model}' declared what is no model config: {exc}"
     return completed, None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
@@ -147,3 +148,29 @@ def test_a_pytorch_model_needs_an_output(tiny_repository: Path, tmp_path: Path) 
     edit(repo, "torch", lambda c: (setattr(c, "platform", "pytorch_libtorch"), c.ClearField("output")))
     lines = lines_for(check_repository(repo), "torch")
     assert any("model configuration must contain at least one output, none were specified" in line for line in lines)
+
+
+AUTO_COMPLETE = """
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        config.add_input({"name": "x", %s"dims": [4]})
+        config.add_output({"name": "y", "data_type": "TYPE_FP32", "dims": [4]})
+        return config
+"""
+
+
+def test_a_python_models_auto_complete_config_completes_or_refuses_its_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run as the backend runs it, from a repository given by a relative path (`make check-repo`)."""
+    for name, dtype in (("completes", '"data_type": "TYPE_FP32", '), ("refuses", "")):
+        (tmp_path / "repo" / name / "1").mkdir(parents=True)
+        (tmp_path / "repo" / name / "1" / "model.py").write_text(AUTO_COMPLETE % dtype)
+        # Without its function the config would lack every tensor; with it, it is whole.
+        (tmp_path / "repo" / name / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 0\n')
+    monkeypatch.chdir(tmp_path)
+    problems = check_repository(Path("repo"))
+    assert lines_for(problems, "completes") == []
+    (refused,) = lines_for(problems, "refuses")
+    assert "input 'x' in auto-complete-config function for model 'refuses' is missing 'data_type' property" in refused
