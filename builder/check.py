@@ -126,10 +126,11 @@ def check_repository(
                 for error in _complete(config, model_dir)
             )
         configs[model_dir.name] = (config_path, config)
-        servers = set(config_findings(config, model_dir.name))
+        unread = completes and config.platform in _READ_BY_SERVER_ONLY
+        servers = set(config_findings(config, model_dir.name, completed_by_server=unread))
         problems.extend(
             Problem(config_path, *finding, kit_only=finding not in servers)  # the target's rules are the kit's
-            for finding in config_findings(config, model_dir.name, target)
+            for finding in config_findings(config, model_dir.name, target, completed_by_server=unread)
         )
         problems.extend(
             Problem(
@@ -156,6 +157,10 @@ _BY_FILE = (
     ("model.graphdef", "tensorflow_graphdef", ""),
     ("model.py", "", "python"),
 )
+
+
+_READ_BY_SERVER_ONLY = {"tensorrt_plan", "tensorflow_savedmodel", "tensorflow_graphdef"}
+"""Platforms whose model files auto-complete reads and the check cannot (no TensorRT, no TensorFlow here)."""
 
 
 def _versions(model_dir: Path) -> list[Path]:

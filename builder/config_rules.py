@@ -24,8 +24,12 @@ _PLATFORMS = {*_KNOWN_BACKENDS, "ensemble", "tensorflow_graphdef", "tensorflow_s
 """The platform names Triton 2.51 knows; any other backend is named by `backend`."""
 
 
-def config_findings(config: pb.ModelConfig, directory_name: str, target: Target | None = None) -> Iterator[Finding]:
-    """Every rule `config` breaks; `target` adds the rules of deploying to that kind of host."""
+def config_findings(
+    config: pb.ModelConfig, directory_name: str, target: Target | None = None, *, completed_by_server: bool = False
+) -> Iterator[Finding]:
+    """Every rule `config` breaks; `target` adds the rules of deploying to that kind of host.
+    `completed_by_server`: the server fills in tensors' dtypes and dims from a model file the
+    check cannot read (a TensorRT plan, a TensorFlow model), so none is required here."""
     model = config.name or directory_name
     if config.name and config.name != directory_name:
         yield (
@@ -44,7 +48,7 @@ def config_findings(config: pb.ModelConfig, directory_name: str, target: Target 
         )
     for kind, tensors in (("input", config.input), ("output", config.output)):
         for tensor in tensors:
-            yield from _tensor(kind, tensor, config.max_batch_size)
+            yield from _tensor(kind, tensor, config.max_batch_size, completed_by_server)
     yield from _batch_io(config)
     scheduling = config.WhichOneof("scheduling_choice")
     if scheduling == "dynamic_batching":
@@ -115,13 +119,13 @@ def _platform(config: pb.ModelConfig, model: str) -> Iterator[Finding]:
         )
 
 
-def _tensor(kind: str, tensor: Any, max_batch_size: int) -> Iterator[Finding]:
+def _tensor(kind: str, tensor: Any, max_batch_size: int, completed_by_server: bool = False) -> Iterator[Finding]:
     field = f"{kind} {tensor.name!r}"
     subject = f"model {kind} '{tensor.name}'"
-    if tensor.data_type == pb.TYPE_INVALID:
+    if tensor.data_type == pb.TYPE_INVALID and not completed_by_server:
         yield f"{field}.data_type", "(none)", f"{subject} must specify 'data_type'", "set data_type, e.g. TYPE_FP32"
     dims = list(tensor.dims)
-    if not dims and not tensor.HasField("reshape"):
+    if not dims and not tensor.HasField("reshape") and not completed_by_server:
         yield (
             f"{field}.dims",
             "[]",

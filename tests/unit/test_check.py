@@ -174,3 +174,14 @@ def test_a_python_models_auto_complete_config_completes_or_refuses_its_config(
     assert lines_for(problems, "completes") == []
     (refused,) = lines_for(problems, "refuses")
     assert "input 'x' in auto-complete-config function for model 'refuses' is missing 'data_type' property" in refused
+
+
+def test_tensors_of_a_plan_are_left_to_the_server_to_complete_unless_strict(tmp_path: Path) -> None:
+    model = tmp_path / "repo" / "engine"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.plan").write_bytes(b"engine")  # read by TensorRT on the server, not here
+    (model / "config.pbtxt").write_text('platform: "tensorrt_plan"\nmax_batch_size: 8\ninput { name: "x" }\n')
+    assert check_repository(tmp_path / "repo") == []
+    strict = [str(p) for p in check_repository(tmp_path / "repo", strict_model_config=True)]
+    assert any("model input 'x' must specify 'data_type'" in line for line in strict), strict
+    assert any("model input 'x' must specify 'dims'" in line for line in strict), strict
