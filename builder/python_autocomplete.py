@@ -14,11 +14,21 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from tritonclient.grpc import model_config_pb2 as pb
 
 __all__ = ["auto_complete"]
+
+_INT64 = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
 
 _TIMEOUT_S = 120
 
@@ -57,13 +67,10 @@ def auto_complete(config: pb.ModelConfig, model_file: Path, model: str) -> tuple
         utils = find_installation().python_backend
     except ServerError:
         return None, None  # no Python backend here to run it with: nothing is claimed
-    given = json.dumps(
-        _numbers(
-            json_format.MessageToDict(
-                config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-            )
-        )
+    as_dict = json_format.MessageToDict(
+        config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    given = json.dumps(_numbers(as_dict, config.DESCRIPTOR))
     try:
         run = subprocess.run(
             [sys.executable, "-c", _RUN, str(utils), str(model_file), given],
@@ -94,12 +101,26 @@ def auto_complete(config: pb.ModelConfig, model_file: Path, model: str) -> tuple
     return completed, None
 
 
-def _numbers(value: object) -> object:
-    """protobuf writes int64 fields (dims, shapes) as JSON strings; Triton hands the backend numbers."""
-    if isinstance(value, dict):
-        return {key: _numbers(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_numbers(item) for item in value]
-    if isinstance(value, str) and value.lstrip("-").isdigit():
-        return int(value)
-    return value
+def _numbers(value: dict[str, Any], message: Descriptor) -> dict[str, Any]:
+    """protobuf writes 64-bit integer fields (dims, shapes, timeouts) as JSON strings; Triton hands
+    the backend numbers. Only those fields are converted: a parameter's string "4" stays a string."""
+    converted = dict(value)
+    for key, item in value.items():
+        field = message.fields_by_name.get(key)
+        if field is None:
+            continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            entry = field.message_type.fields_by_name["value"]
+            if entry.message_type is not None:
+                converted[key] = {k: _numbers(v, entry.message_type) for k, v in item.items()}
+            elif entry.type in _INT64:
+                converted[key] = {k: int(v) for k, v in item.items()}
+        elif field.message_type is not None:
+            converted[key] = (
+                [_numbers(v, field.message_type) for v in item]
+                if isinstance(item, list)
+                else _numbers(item, field.message_type)
+            )
+        elif field.type in _INT64:
+            converted[key] = [int(v) for v in item] if isinstance(item, list) else int(item)
+    return converted

@@ -168,7 +168,10 @@ def test_a_python_models_auto_complete_config_completes_or_refuses_its_config(
         (tmp_path / "repo" / name / "1").mkdir(parents=True)
         (tmp_path / "repo" / name / "1" / "model.py").write_text(AUTO_COMPLETE % dtype)
         # Without its function the config would lack every tensor; with it, it is whole.
-        (tmp_path / "repo" / name / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 0\n')
+        # A numeric string parameter must reach the function as a string, as the server sends it.
+        (tmp_path / "repo" / name / "config.pbtxt").write_text(
+            'backend: "python"\nmax_batch_size: 0\nparameters { key: "threads" value: { string_value: "4" } }\n'
+        )
     monkeypatch.chdir(tmp_path)
     problems = check_repository(Path("repo"))
     assert lines_for(problems, "completes") == []
