@@ -28,7 +28,7 @@ from server.embedded import (
     prepare_backends,
     server_environment,
 )
-from server.supervisor import stub_processes
+from server.supervisor import kill_group, stub_processes
 from tests.conftest import ROOT, linear_model
 from tests.integration.conftest import build_entries, make_server
 
@@ -172,7 +172,12 @@ def test_the_containers_supervisor_script_brings_a_killed_stub_back_and_drains_o
         assert not Path(f"/proc/{server_pid}").exists() and stub_processes(server_pid) == {}
     finally:
         if wrapper.poll() is None:
+            # The server runs in a process group of its own: a killed script would leave it behind.
+            servers = Path(f"/proc/{wrapper.pid}/task/{wrapper.pid}/children").read_text().split()
             wrapper.kill()
+            wrapper.wait()
+            for pid in servers:
+                kill_group(int(pid))
 
 
 def test_log_settings_and_model_control_need_the_admin_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
