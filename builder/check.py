@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 from tritonclient.grpc import model_config_pb2 as pb
 
-from builder.config_rules import config_findings
+from builder.config_rules import config_findings, target_findings
 from builder.dtypes import by_onnx_elem_type
 from builder.ensemble import Ensemble, Member, Step, TensorType, ensemble_problems
 from builder.errors import RenderError
@@ -127,11 +127,11 @@ def check_repository(
             )
         configs[model_dir.name] = (config_path, config)
         unread = completes and config.platform in _READ_BY_SERVER_ONLY
-        servers = set(config_findings(config, model_dir.name, completed_by_server=unread))
         problems.extend(
-            Problem(config_path, *finding, kit_only=finding not in servers)  # the target's rules are the kit's
-            for finding in config_findings(config, model_dir.name, target, completed_by_server=unread)
+            Problem(config_path, *finding)
+            for finding in config_findings(config, model_dir.name, completed_by_server=unread)
         )
+        problems.extend(Problem(config_path, *finding, kit_only=True) for finding in target_findings(config, target))
         problems.extend(
             Problem(
                 config_path,
@@ -199,9 +199,7 @@ def _complete(config: pb.ModelConfig, model_dir: Path) -> list[str]:
     if config.backend == "python":
         config.name = config.name or model_dir.name  # as the server hands it to the function
         scripts = [version / "model.py" for version in _versions(model_dir) if (version / "model.py").is_file()]
-        completed, error = (
-            auto_complete(config, scripts[-1], config.name or model_dir.name) if scripts else (None, None)
-        )
+        completed, error = auto_complete(config, scripts[-1], config.name) if scripts else (None, None)
         if error is not None:
             return [error]
         if completed is not None:
@@ -377,13 +375,7 @@ def _plan_record(config: pb.ModelConfig, config_path: Path, version: Path, plans
     profiles = [ShapeProfile.from_record(p) for p in engine.get("profiles", [])]
     dims = {tensor.name: list(tensor.dims) for tensor in config.input}
     for rule in profile_problems(config.max_batch_size, dims, profiles):
-        yield Problem(
-            config_path,
-            "max_batch_size / dims",
-            "",
-            rule,
-            "make the config and the plan's profile agree",
-        )
+        yield Problem(config_path, "max_batch_size / dims", "", rule, "make the config and the plan's profile agree")
 
 
 def _onnx_signature(config: pb.ModelConfig, config_path: Path, model_file: Path) -> Iterator[Problem]:

@@ -14,7 +14,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from builder.targets import Target
 
-__all__ = ["Finding", "config_findings"]
+__all__ = ["Finding", "config_findings", "target_findings"]
 
 Finding = tuple[str, str, str, str]
 """(field, value, rule, fix)"""
@@ -25,11 +25,11 @@ _PLATFORMS = {*_KNOWN_BACKENDS, "ensemble", "tensorflow_graphdef", "tensorflow_s
 
 
 def config_findings(
-    config: pb.ModelConfig, directory_name: str, target: Target | None = None, *, completed_by_server: bool = False
+    config: pb.ModelConfig, directory_name: str, *, completed_by_server: bool = False
 ) -> Iterator[Finding]:
-    """Every rule `config` breaks; `target` adds the rules of deploying to that kind of host.
-    `completed_by_server`: the server fills in tensors' dtypes and dims from a model file the
-    check cannot read (a TensorRT plan, a TensorFlow model), so none is required here."""
+    """Every rule of the server's that `config` breaks. `completed_by_server`: the server fills in
+    tensors' dtypes and dims from a model file the check cannot read (a TensorRT plan, a
+    TensorFlow model), so none is required here."""
     model = config.name or directory_name
     if config.name and config.name != directory_name:
         yield (
@@ -71,19 +71,32 @@ def config_findings(
             "remove response_cache",
         )
     for index, group in enumerate(config.instance_group):
-        yield from _instance_group(index, group, target, model)
+        yield from _instance_group(index, group, model)
     if config.platform == "ensemble":
         yield from _ensemble(config, model)
     else:
         yield from _warmup(config)
-    if target == "cpu":
-        for accelerator in config.optimization.execution_accelerators.gpu_execution_accelerator:
+
+
+def target_findings(config: pb.ModelConfig, target: Target | None) -> Iterator[Finding]:
+    """The kit's rules of deploying `config` to a `target` host (none without a target)."""
+    if target != "cpu":
+        return
+    for index, group in enumerate(config.instance_group):
+        if group.kind == pb.ModelInstanceGroup.KIND_GPU:
             yield (
-                "optimization.execution_accelerators",
-                repr(accelerator.name),
-                "a GPU execution accelerator on a cpu target",
-                "build with --target gpu for GPU hosts, or drop the accelerator",
+                f"instance_group[{index}].kind",
+                "KIND_GPU",
+                "instance group has kind KIND_GPU but a cpu target has no GPUs",
+                "build with --target cpu (KIND_CPU), or use KIND_AUTO",
             )
+    for accelerator in config.optimization.execution_accelerators.gpu_execution_accelerator:
+        yield (
+            "optimization.execution_accelerators",
+            repr(accelerator.name),
+            "a GPU execution accelerator on a cpu target",
+            "build with --target gpu for GPU hosts, or drop the accelerator",
+        )
 
 
 def _platform(config: pb.ModelConfig, model: str) -> Iterator[Finding]:
@@ -132,7 +145,7 @@ def _tensor(kind: str, tensor: Any, max_batch_size: int, completed_by_server: bo
             f"{subject} must specify 'dims'",
             "list the dims without the batch dimension ([1] for one value)",
         )
-    if any(dim == 0 or dim < -1 for dim in dims):
+    if _invalid_dims(dims):
         yield (
             f"{field}.dims",
             str(dims),
@@ -148,7 +161,7 @@ def _tensor(kind: str, tensor: Any, max_batch_size: int, completed_by_server: bo
                 f"{subject} cannot have empty reshape for non-batching model as scalar tensors are not supported",
                 "reshape to [1]",
             )
-        elif any(dim == 0 or dim < -1 for dim in shape):
+        elif _invalid_dims(shape):
             yield (
                 f"{field}.reshape",
                 str(shape),
@@ -170,6 +183,11 @@ def _tensor(kind: str, tensor: Any, max_batch_size: int, completed_by_server: bo
                 f"{subject} has different size for dims and reshape",
                 f"keep the element count of dims {dims} between each pair of -1 dims",
             )
+
+
+def _invalid_dims(dims: list[int]) -> bool:
+    """Whether a dim is neither a size (>= 1) nor variable (-1)."""
+    return any(dim == 0 or dim < -1 for dim in dims)
 
 
 def _element_counts(dims: list[int]) -> list[int]:
@@ -287,7 +305,7 @@ def _sequence_batching(sequence: pb.ModelSequenceBatching, max_batch_size: int, 
             kind = Control.Kind.Name(control.kind)
             kinds_of.setdefault(control_input.name, set()).add(kind)
             tensors_of.setdefault(kind, []).append(control_input.name)
-            if control.kind in (Control.CONTROL_SEQUENCE_CORRID,):
+            if control.kind == Control.CONTROL_SEQUENCE_CORRID:
                 continue
             given = [f for f in ("int32_false_true", "fp32_false_true", "bool_false_true") if len(getattr(control, f))]
             if len(given) != 1 or len(getattr(control, given[0])) != 2:
@@ -325,7 +343,7 @@ def _sequence_batching(sequence: pb.ModelSequenceBatching, max_batch_size: int, 
                 )
 
 
-def _instance_group(index: int, group: pb.ModelInstanceGroup, target: Target | None, model: str) -> Iterator[Finding]:
+def _instance_group(index: int, group: pb.ModelInstanceGroup, model: str) -> Iterator[Finding]:
     field = f"instance_group[{index}]"
     for gpu in group.gpus:
         if gpu < 0:
@@ -349,13 +367,6 @@ def _instance_group(index: int, group: pb.ModelInstanceGroup, target: Target | N
             str(list(group.gpus)),
             "instance group has kind KIND_MODEL but specifies one or more GPUs",
             "remove gpus",
-        )
-    if target == "cpu" and group.kind == pb.ModelInstanceGroup.KIND_GPU:
-        yield (
-            f"{field}.kind",
-            "KIND_GPU",
-            "instance group has kind KIND_GPU but a cpu target has no GPUs",
-            "build with --target cpu (KIND_CPU), or use KIND_AUTO",
         )
 
 

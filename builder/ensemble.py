@@ -80,8 +80,7 @@ def _problems(ensemble: Ensemble, members: Mapping[str, Member]) -> Iterator[str
     if not ensemble.steps:
         yield f"{label}: has no steps; declare at least one"
         return
-    missing = [step.model for step in ensemble.steps if step.model not in members]
-    if missing:
+    if any(step.model not in members for step in ensemble.steps):
         # The graph is still checked, as Triton does before it looks for the models.
         yield from _graph_problems(ensemble)
     tensors: dict[str, _Edge] = {
@@ -290,7 +289,7 @@ def _graph_problems(ensemble: Ensemble) -> Iterator[str]:
 def _decoupled_problems(ensemble: Ensemble, steps: list[tuple[str, Step, Member]]) -> Iterator[str]:
     """No tensor may carry the responses of two decoupled steps: each sends any number of
     responses, and Triton cannot pair them up for whatever reads the tensor."""
-    writer = {tensor: index for index, (_, step, _) in enumerate(steps) for tensor in step.output_map.values()}
+    writer = _writers(steps)
     memo: dict[int, frozenset[int]] = {}
 
     def origins(tensor: str, seen: frozenset[int] = frozenset()) -> frozenset[int]:
@@ -320,8 +319,13 @@ def _decoupled_problems(ensemble: Ensemble, steps: list[tuple[str, Step, Member]
             )
 
 
+def _writers(steps: list[tuple[str, Step, Member]]) -> dict[str, int]:
+    """Each ensemble tensor a step writes -> that step's index in `steps`."""
+    return {tensor: index for index, (_, step, _) in enumerate(steps) for tensor in step.output_map.values()}
+
+
 def _cycle_problems(label: str, steps: list[tuple[str, Step, Member]]) -> Iterator[str]:
-    producer = {tensor: index for index, (_, step, _) in enumerate(steps) for tensor in step.output_map.values()}
+    producer = _writers(steps)
     needs = {
         index: {producer[t] for t in step.input_map.values() if t in producer}
         for index, (_, step, _) in enumerate(steps)

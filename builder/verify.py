@@ -129,9 +129,9 @@ def _compare_outputs(module: nn.Module, model: OnnxModelSpec, path: Path) -> Ver
         except Exception as exc:
             problems.append(f"at {case.describe()}: ONNX Runtime failed: {str(exc).strip().splitlines()[0]}")
             continue
-        for spec, ref, got in zip(model.outputs, expected, actual, strict=True):
-            problems.extend(_compare(spec, ref, np.asarray(got), case.describe(), report.outputs[spec.name]))
-            shapes[spec.name].append((case.describe(), np.asarray(got).shape))
+        for spec, ref, got in zip(model.outputs, expected, map(np.asarray, actual), strict=True):
+            problems.extend(_compare(spec, ref, got, case.describe(), report.outputs[spec.name]))
+            shapes[spec.name].append((case.describe(), got.shape))
     for spec in model.outputs:
         problems.extend(_declared_dims_problems(spec, model.max_batch_size > 0, shapes[spec.name]))
     if problems:

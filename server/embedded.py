@@ -22,15 +22,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from server.supervisor import ADMIN_HEADER, StubSupervisor, restricted_flags
+from server.supervisor import ADMIN_HEADER, StubSupervisor, is_ready, kill_group, restricted_flags, stamped
 
 __all__ = [
     "ADMIN_HEADER",
@@ -333,12 +331,12 @@ class EmbeddedTriton:
 
     def _note(self, line: str) -> None:
         """The supervisor's lines, into the server's log (or stderr, where the server writes)."""
-        stamped = f"[kit supervisor] {time.strftime('%H:%M:%S')} {line}\n"
+        text = stamped(line) + "\n"
         if self._log_handle is not None:
-            self._log_handle.write(stamped.encode())
+            self._log_handle.write(text.encode())
             self._log_handle.flush()
         else:
-            sys.stderr.write(stamped)
+            sys.stderr.write(text)
 
     def wait_until_ready(self, timeout_s: float = 180.0) -> None:
         """Poll /v2/health/ready until the server and every model in it are ready.
@@ -347,18 +345,14 @@ class EmbeddedTriton:
             ServerError: the process exited, or `timeout_s` passed first.
         """
         deadline = time.monotonic() + timeout_s
-        url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
                 code = None if self._process is None else self._process.returncode
                 raise ServerError(f"tritonserver exited with code {code} before it was ready", self.log_tail())
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+            if is_ready(self.http_url):
+                return
             time.sleep(0.2)
+        url = f"http://{self.http_url}/v2/health/ready"
         raise ServerError(
             f"tritonserver was not ready after {timeout_s:.0f}s ({url}); a model may still be loading or failed to load",
             self.log_tail(),
@@ -379,7 +373,7 @@ class EmbeddedTriton:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(timeout=self.exit_timeout_s + 10)
         finally:
-            _kill_group(process.pid)
+            kill_group(process.pid)
             process.wait()
             if self._log_handle is not None:
                 self._log_handle.close()
@@ -396,7 +390,7 @@ class EmbeddedTriton:
     def kill(self) -> None:
         """End the server's whole process group at once (SIGKILL)."""
         if self._process is not None:
-            _kill_group(self._process.pid)
+            kill_group(self._process.pid)
 
     def wait(self) -> int:
         """Block until the server exits by itself; return its exit code."""
@@ -428,9 +422,3 @@ def _in_use(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
-
-
-def _kill_group(pgid: int) -> None:
-    """End whatever is left of the server's process group (stubs of a server that was killed)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)

@@ -40,7 +40,18 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-__all__ = ["ADMIN_HEADER", "STUB", "StubSupervisor", "main", "model_of", "restricted_flags", "stub_processes"]
+__all__ = [
+    "ADMIN_HEADER",
+    "STUB",
+    "StubSupervisor",
+    "is_ready",
+    "kill_group",
+    "main",
+    "model_of",
+    "restricted_flags",
+    "stamped",
+    "stub_processes",
+]
 
 ADMIN_HEADER = "admin-key"
 """The HTTP header holding the admin key (gRPC prefixes it: `triton-grpc-protocol-admin-key`)."""
@@ -191,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     http_url = f"127.0.0.1:{port}"
 
     def log(line: str) -> None:
-        print(f"[kit supervisor] {time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True)
+        print(stamped(line), file=sys.stderr, flush=True)
 
     # Its own process group: the stubs it starts are told apart from anything else in the container.
     server = subprocess.Popen([*command, *restricted_flags(key, chosen is not None)], start_new_session=True)
@@ -205,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     while server.poll() is None and not supervisor.stopping:
-        if _ready(http_url):
+        if is_ready(http_url):
             # Once every model has loaded: the stubs seen then are the ones to keep alive.
             supervisor.start()
             log(f"watching the stub processes of tritonserver (pid {server.pid})")
@@ -213,12 +224,23 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(1.0)
     code = server.wait()
     supervisor.stop()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(server.pid, signal.SIGKILL)  # stubs a killed server left behind
+    kill_group(server.pid)  # stubs a killed server left behind
     return code
 
 
-def _ready(http_url: str) -> bool:
+def stamped(line: str) -> str:
+    """A supervisor line as it goes into the server's log."""
+    return f"[kit supervisor] {time.strftime('%H:%M:%S')} {line}"
+
+
+def kill_group(pgid: int) -> None:
+    """End whatever is left of a server's process group (the stubs of a server that was killed)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def is_ready(http_url: str) -> bool:
+    """Whether the server at `http_url` (host:port) answers its readiness probe with 200."""
     try:
         with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=2) as response:
             return bool(response.status == 200)
