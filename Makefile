@@ -25,7 +25,7 @@ REQUIREMENTS := $(if $(filter gpu,$(RUNTIME)),requirements-gpu.txt,requirements.
 DEPS_HASH := $(shell cat pyproject.toml $(REQUIREMENTS) | sha256sum | cut -c1-16)
 VENV_STAMP := $(VENV)/.deps-$(RUNTIME)-$(DEPS_HASH)
 
-.PHONY: help venv compat build-repo check-repo serve loadtest k8s-manifests deploy-check test lint format lock clean
+.PHONY: help venv compat build-repo check-repo serve loadtest image k8s-manifests deploy-check test lint format lock clean
 
 help: ## list the targets
 	@echo "usage: make <target> [VAR=value]"
@@ -82,6 +82,10 @@ serve: venv ## serve model_repository/ with the embedded Triton server in the fo
 
 loadtest: venv ## load-test a served model with Locust into reports/ (MODEL=, PROTOCOL=grpc|http, URL=, LOADTEST_ARGS=)
 	$(PY) -m loadtest --model $(MODEL) --protocol $(PROTOCOL) $(if $(URL),--url $(URL)) $(LOADTEST_ARGS)
+
+KIT_IMAGE ?= triton-model-kit:0.1.0
+image: ## build the kit's CPU serving image, what `docker compose --profile cpu` runs (KIT_IMAGE=, IMAGE_ARGS="--build-arg TORCH=0")
+	docker build --file deploy/docker/Dockerfile --tag $(KIT_IMAGE) $(IMAGE_ARGS) .
 
 k8s-manifests: venv ## render Kubernetes manifests into deploy/kubernetes/rendered/ (TARGET=gpu|cpu, K8S_REPOSITORY=s3://... or pvc:name)
 	$(PY) -m deploy k8s --target $(if $(filter cpu,$(TARGET)),cpu,gpu) --repository $(K8S_REPOSITORY) --out deploy/kubernetes/rendered/triton-$(if $(filter cpu,$(TARGET)),cpu,gpu).yaml

@@ -57,19 +57,29 @@ def test_compose_pins_every_image_and_mounts_the_repository_read_only() -> None:
         image = service["image"]
         assert ":" in image and not image.endswith(":latest"), name
     for name in ("triton", "triton-cpu"):
-        assert "./model_repository:/models:ro" in SERVICES[name]["volumes"]
-        assert SERVICES[name]["image"] == "nvcr.io/nvidia/tritonserver:${TRITON_IMAGE_VERSION:-24.10}-py3"
+        assert "${MODEL_REPOSITORY:-./model_repository}:/models:ro" in SERVICES[name]["volumes"]
+    assert SERVICES["triton"]["image"] == "nvcr.io/nvidia/tritonserver:${TRITON_IMAGE_VERSION:-24.10}-py3"
+    # The CPU service is the kit's own image, built from the repository when it is missing.
+    assert SERVICES["triton-cpu"]["image"] == "${KIT_IMAGE:-triton-model-kit:0.1.0}"
+    assert SERVICES["triton-cpu"]["build"] == {"context": ".", "dockerfile": "deploy/docker/Dockerfile"}
 
 
 def test_compose_triton_is_healthchecked_restarted_and_tuned() -> None:
     for name in ("triton", "triton-cpu"):
         service = SERVICES[name]
-        assert "http://localhost:8000/v2/health/ready" in service["healthcheck"]["test"]
+        assert "http://localhost:8000/v2/health/ready" in service["healthcheck"]["test"] or any(
+            "http://127.0.0.1:8000/v2/health/ready" in part for part in service["healthcheck"]["test"]
+        )
         assert service["healthcheck"]["start_period"]
         assert service["restart"] == "unless-stopped"
-        assert service["shm_size"] and service["ulimits"]["memlock"] == -1
+        assert service["shm_size"] and service["ulimits"]["stack"]
+        # Either one is `triton` to Prometheus and Locust.
+        assert service["networks"]["default"]["aliases"] == ["triton"]
+    assert SERVICES["triton"]["ulimits"]["memlock"] == -1 and "memlock" not in SERVICES["triton-cpu"]["ulimits"]
     assert SERVICES["triton"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert SERVICES["triton"]["profiles"] == ["gpu"]
     assert "deploy" not in SERVICES["triton-cpu"] and SERVICES["triton-cpu"]["profiles"] == ["cpu"]
+    assert SERVICES["triton-cpu"]["read_only"] is True
 
 
 def test_compose_inlines_no_secret_and_scrapes_triton() -> None:
@@ -123,7 +133,7 @@ def test_grafana_starts_only_with_an_admin_password(
 
 
 @pytest.mark.parametrize("cli", ["docker-compose", "docker compose"])
-@pytest.mark.parametrize("profile", [None, "cpu", "monitoring", "loadtest"])
+@pytest.mark.parametrize("profile", [None, "gpu", "cpu", "monitoring", "loadtest"])
 def test_compose_reads_the_file_with_no_variable_set(tmp_path: Path, cli: str, profile: str | None) -> None:
     result = _compose(cli, tmp_path, ROOT / "docker-compose.yml", profile, "config", "-q")
     assert result.returncode == 0, result.stderr
@@ -186,8 +196,13 @@ def test_the_grafana_dashboard_charts_tritons_metrics() -> None:
 def test_every_deployment_starts_the_server_with_the_same_flags_under_the_supervisor() -> None:
     command = container_command()
     assert command[:4] == ["python3", SUPERVISOR_IN_CONTAINER, "--", "tritonserver"]
-    assert SERVICES["triton"]["command"] == SERVICES["triton-cpu"]["command"] == command
+    assert SERVICES["triton"]["command"] == command
     assert "./server/supervisor.py:/opt/kit/supervisor.py:ro" in SERVICES["triton"]["volumes"]
+    # The kit image runs `python -m server`: the embedded server, which supervises its own stubs.
+    dockerfile = (ROOT / "deploy/docker/Dockerfile").read_text()
+    (entrypoint,) = [line for line in dockerfile.splitlines() if line.startswith("ENTRYPOINT ")]
+    assert json.loads(entrypoint.removeprefix("ENTRYPOINT "))[:3] == ["python", "-m", "server"]
+    assert SERVICES["triton-cpu"]["command"] == ["--repo", "/models"]
     documents = render_manifests()
     (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
     pod = deployment["spec"]["template"]["spec"]
