@@ -44,19 +44,21 @@ $(VENV_STAMP):
 	@# they are reused rather than downloaded, whether they live in the system or in a venv.
 	$(if $(filter gpu,$(RUNTIME)),$(PYTHON) -c 'import site; print("\n".join(site.getsitepackages()))' \
 		> "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_host_packages.pth")
-	@echo "installing the $(RUNTIME) requirements ($(REQUIREMENTS)) into $(VENV) (the first time takes a few minutes)"
-	$(PY) -m pip install -qq --upgrade pip
-	$(PY) -m pip install -qq -r $(REQUIREMENTS)
+	@echo "installing the $(RUNTIME) requirements ($(REQUIREMENTS)) into $(VENV) (the first time takes a few minutes; pip lists each package)"
+	$(PY) -m pip install -q --upgrade pip
+	set -o pipefail; $(PY) -m pip install --progress-bar off -r $(REQUIREMENTS) | { grep --line-buffered -E '^(Collecting|Successfully installed)' || true; }
+	@echo "installing the kit itself (editable: the triton-kit-* commands in $(VENV)/bin)"
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-deps -e .
 	@rm -f $(VENV)/.deps-*
 	@touch $@
 
 # The other end of the supported ranges: the lock with numpy 2 and the oldest onnxruntime minor,
 # as GPU hosts carry them, for the builder and the unit tests. Serving needs numpy 1 (Triton
 # 2.51's Python backend predates 2; requirements-gpu.txt): here the server must refuse to load.
-# nvidia-pytriton's numpy<2 pin and matplotlib/cuda-core's follow that: installed without deps.
+# nvidia-pytriton's numpy<2 pin and matplotlib's follow that: installed without deps.
 COMPAT_VENV ?= .venv-compat
 COMPAT_PINS := numpy==2.4.6 onnxruntime==1.30.0 onnx==1.23.1
-COMPAT_NODEPS := nvidia-pytriton matplotlib cuda-core
+COMPAT_NODEPS := nvidia-pytriton matplotlib
 compat: ## build the examples and run the unit tests with numpy 2 and onnxruntime 1.30 (.venv-compat)
 	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
 	grep -v -E '^($(subst $(eval) ,|,$(foreach p,$(COMPAT_PINS) $(COMPAT_NODEPS) ml_dtypes contourpy,$(firstword $(subst ==, ,$(p))))))==' requirements.lock > $(COMPAT_VENV)/requirements.txt
@@ -68,30 +70,32 @@ compat: ## build the examples and run the unit tests with numpy 2 and onnxruntim
 	$(COMPAT_VENV)/bin/python -m pytest tests/unit tests/integration/test_numpy_guard.py -q -p no:cacheprovider
 
 build-repo: venv ## build model_repository/ from models.yaml (TARGET=cpu|gpu, default: this machine's; FORCE=1 re-exports)
-	$(PY) -m builder build --spec $(SPEC) --repo $(REPO) --target $(TARGET) $(if $(FORCE),--force)
+	$(VENV)/bin/triton-kit-builder build --spec $(SPEC) --repo $(REPO) --target $(TARGET) $(if $(FORCE),--force)
 
 check-repo: venv ## check any model repository against Triton's rules (REPO=path, TARGET=cpu|gpu, STRICT=1, SERVER_VERSION=2.51, TRT_VERSION=10.5, COMPUTE_CAPABILITY=9.0, TORCH_VERSION=2.5.0a0)
-	$(PY) -m builder check --repo $(REPO) $(if $(filter-out auto,$(TARGET)),--target $(TARGET)) \
+	$(VENV)/bin/triton-kit-builder check --repo $(REPO) $(if $(filter-out auto,$(TARGET)),--target $(TARGET)) \
 		$(if $(STRICT),--strict-model-config) $(if $(SERVER_VERSION),--server-version $(SERVER_VERSION)) \
 		$(if $(TRT_VERSION),--tensorrt-version $(TRT_VERSION)) $(if $(COMPUTE_CAPABILITY),--compute-capability $(COMPUTE_CAPABILITY)) \
 		$(if $(TORCH_VERSION),--torch-version $(TORCH_VERSION))
 
 serve: venv ## serve model_repository/ with the embedded Triton server in the foreground (Ctrl-C stops it)
 	@test -d $(REPO) || { echo "error: $(REPO) does not exist; run 'make build-repo' first" >&2; exit 1; }
-	exec $(PY) -m server --repo $(REPO)
+	exec $(VENV)/bin/triton-kit-server --repo $(REPO)
 
 loadtest: venv ## load-test a served model with Locust into reports/ (MODEL=, PROTOCOL=grpc|http, URL=, LOADTEST_ARGS=)
-	$(PY) -m loadtest --model $(MODEL) --protocol $(PROTOCOL) $(if $(URL),--url $(URL)) $(LOADTEST_ARGS)
+	$(VENV)/bin/triton-kit-loadtest --model $(MODEL) --protocol $(PROTOCOL) $(if $(URL),--url $(URL)) $(LOADTEST_ARGS)
 
 KIT_IMAGE ?= triton-model-kit:0.1.0
 image: ## build the kit's CPU serving image, what `docker compose --profile cpu` runs (KIT_IMAGE=, IMAGE_ARGS="--build-arg TORCH=0")
 	docker build --file deploy/docker/Dockerfile --tag $(KIT_IMAGE) $(IMAGE_ARGS) .
 
-k8s-manifests: venv ## render Kubernetes manifests into deploy/kubernetes/rendered/ (TARGET=gpu|cpu, K8S_REPOSITORY=s3://... or pvc:name)
-	$(PY) -m deploy k8s --target $(if $(filter cpu,$(TARGET)),cpu,gpu) --repository $(K8S_REPOSITORY) --out deploy/kubernetes/rendered/triton-$(if $(filter cpu,$(TARGET)),cpu,gpu).yaml
+# TARGET=auto is this machine's runtime, as for build-repo.
+K8S_TARGET := $(if $(filter auto,$(TARGET)),$(RUNTIME),$(TARGET))
+k8s-manifests: venv ## render Kubernetes manifests into deploy/kubernetes/rendered/ (TARGET=gpu|cpu, default: this machine's; K8S_REPOSITORY=s3://... or pvc:name)
+	$(VENV)/bin/triton-kit-deploy k8s --target $(K8S_TARGET) --repository $(K8S_REPOSITORY) --out deploy/kubernetes/rendered/triton-$(K8S_TARGET).yaml
 
 deploy-check: venv ## validate docker-compose.yml and the Kubernetes manifests offline (schemas, no cluster)
-	$(PY) -m deploy check
+	$(VENV)/bin/triton-kit-deploy check
 
 test: venv ## run the test suite (PYTEST_ARGS to pass options)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -53,7 +53,8 @@ __all__ = [
     "render_python_model",
 ]
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+# builder/templates links to the top-level templates/, so that a wheel carries them inside the package.
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 CONFIG_TEMPLATE = "model_config.pbtxt.j2"
 PYTHON_MODEL_TEMPLATE = "python_model.py.j2"
 

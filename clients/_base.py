@@ -11,10 +11,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from numpy.typing import NDArray
 
-from clients.channel import GrpcChannelOptions
-from clients.retry import RetryPolicy
-from clients.shm import InputRegions
-from clients.validation import ModelSignature, prepare, triton_dtype
+from .channel import GrpcChannelOptions
+from .retry import RetryPolicy
+from .shm import InputRegions
+from .validation import ModelSignature, prepare, triton_dtype
 
 __all__ = ["ClientBase", "Protocol"]
 

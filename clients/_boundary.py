@@ -21,7 +21,7 @@ import gevent
 from tritonclient.utils import InferenceServerException
 from tritonclient.utils.shared_memory import SharedMemoryException
 
-from clients.errors import (
+from .errors import (
     ClientError,
     InferenceFailed,
     InferenceTimeout,

@@ -21,12 +21,12 @@ import tritonclient.grpc.aio as grpcaio
 import tritonclient.http.aio as httpaio
 from numpy.typing import NDArray
 
-from clients._base import ClientBase, Protocol
-from clients._boundary import DeadlineExpired, server_not_ready, translate
-from clients.channel import GrpcChannelOptions
-from clients.errors import ClientError, InferenceTimeout, ModelNotReady, ServerUnavailable
-from clients.shm import InputRegions
-from clients.validation import ModelSignature
+from ._base import ClientBase, Protocol
+from ._boundary import DeadlineExpired, server_not_ready, translate
+from .channel import GrpcChannelOptions
+from .errors import ClientError, InferenceTimeout, ModelNotReady, ServerUnavailable
+from .shm import InputRegions
+from .validation import ModelSignature
 
 __all__ = ["AsyncTritonClient"]
 

@@ -9,15 +9,15 @@
                                                   or a UTF-8 string (repeat for a batch)
     python -m clients stats MODEL                 the server's statistics for MODEL
 
-The server is --url (default: TRITON_GRPC_URL or 127.0.0.1:8001 for gRPC, TRITON_HTTP_URL or
-127.0.0.1:8000 for HTTP). Errors are printed as ``error: <message>`` with exit status 1.
+The server is --url (default: TRITON_HOST with TRITON_GRPC_PORT or TRITON_HTTP_PORT, as `make serve`
+uses them: 127.0.0.1:8001 for gRPC, 127.0.0.1:8000 for HTTP). Errors are printed as
+``error: <message>`` with exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,22 +27,20 @@ import numpy as np
 from numpy.typing import NDArray
 from tritonclient.utils import triton_to_np_dtype
 
-from clients.errors import ClientError, InvalidInput
-from clients.triton import TritonClient
-from clients.validation import ModelSignature, triton_dtype
+from .address import server_url
+from .errors import ClientError, InvalidInput
+from .triton import TritonClient
+from .validation import ModelSignature, triton_dtype
 
 __all__ = ["main"]
-
-DEFAULT_URLS = {"grpc": ("TRITON_GRPC_URL", "127.0.0.1:8001"), "http": ("TRITON_HTTP_URL", "127.0.0.1:8000")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
-    if args.url is None:
-        variable, default = DEFAULT_URLS[args.protocol]
-        args.url = os.environ.get(variable, default)
     try:
+        if args.url is None:
+            args.url = server_url(args.protocol)
         with TritonClient(args.url, protocol=args.protocol, timeout_s=args.timeout) as client:
             status: int = args.run(client, args)
             return status
@@ -85,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_common(parser: argparse.ArgumentParser, *, url: Any, protocol: Any, timeout: Any) -> None:
-    parser.add_argument("--url", default=url, help="host:port (default: TRITON_GRPC_URL / TRITON_HTTP_URL)")
+    parser.add_argument(
+        "--url", default=url, help="host:port (default: TRITON_HOST and TRITON_GRPC_PORT / TRITON_HTTP_PORT)"
+    )
     parser.add_argument("--protocol", choices=["grpc", "http"], default=protocol, help="default: grpc")
     parser.add_argument("--timeout", type=float, default=timeout, metavar="SECONDS", help="per call (default: 30)")
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from clients.errors import ClientError, ServerUnavailable
+from .errors import ClientError, ServerUnavailable
 
 __all__ = ["RetryPolicy"]
 

@@ -22,7 +22,7 @@ import tritonclient.utils.shared_memory as shm
 from numpy.typing import NDArray
 from tritonclient.utils import serialize_byte_tensor
 
-from clients.validation import triton_dtype
+from .validation import triton_dtype
 
 __all__ = ["REGION_PREFIX", "InputRegions", "Region"]
 

@@ -24,12 +24,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from numpy.typing import NDArray
 
-from clients._base import ClientBase, Protocol
-from clients._boundary import server_not_ready, translate
-from clients.channel import GrpcChannelOptions
-from clients.errors import ClientError, InferenceTimeout, ModelNotReady, ServerUnavailable
-from clients.shm import InputRegions
-from clients.validation import ModelSignature
+from ._base import ClientBase, Protocol
+from ._boundary import server_not_ready, translate
+from .channel import GrpcChannelOptions
+from .errors import ClientError, InferenceTimeout, ModelNotReady, ServerUnavailable
+from .shm import InputRegions
+from .validation import ModelSignature
 
 __all__ = ["Protocol", "TritonClient"]
 

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tritonclient.utils import np_to_triton_dtype
 
-from clients.errors import InvalidInput
+from .errors import InvalidInput
 
 __all__ = ["ModelSignature", "TensorSpec", "prepare", "triton_dtype"]
 

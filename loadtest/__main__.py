@@ -27,6 +27,7 @@ import yaml
 from numpy.typing import NDArray
 
 from clients import ClientError, TritonClient
+from clients.address import server_url
 from loadtest.payloads import generated_payload, load_arrays
 from loadtest.report import Thresholds, build_summary, plot_steps, violations
 from loadtest.settings import ENV_VAR, Settings
@@ -39,15 +40,15 @@ CPU_BOUND = 90.0
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    default_url = "127.0.0.1:" + (
-        os.environ.get("TRITON_GRPC_PORT", "8001")
-        if args.protocol == "grpc"
-        else os.environ.get("TRITON_HTTP_PORT", "8000")
-    )
+    try:
+        url = args.url or server_url(args.protocol)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     report_dir = args.report_dir or Path("reports") / f"{args.model}-{args.protocol}-{stamp}"
     settings = Settings(
-        url=args.url or default_url,
+        url=url,
         model=args.model,
         protocol=args.protocol,
         batch=args.batch,
@@ -105,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="model (or ensemble) to load")
     parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     parser.add_argument(
-        "--url", help="host:port of the server (default: 127.0.0.1 and TRITON_GRPC_PORT / TRITON_HTTP_PORT)"
+        "--url", help="host:port of the server (default: TRITON_HOST and TRITON_GRPC_PORT / TRITON_HTTP_PORT)"
     )
     parser.add_argument("--batch", type=int, default=1, help="items per request for generated payloads (default 1)")
     parser.add_argument("--step-users", type=int, default=4, help="users added at each step (default 4)")

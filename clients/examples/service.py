@@ -3,7 +3,10 @@
 One client per process, opened at startup and closed at shutdown: its gRPC channel carries every
 request concurrently, and the model's metadata is fetched once. Run it against `make serve`:
 
-    python -m clients.examples.service [URL]
+    .venv/bin/python -m clients.examples.service [URL]
+
+The server is URL, or TRITON_HOST and TRITON_GRPC_PORT as for every part of the kit
+(clients/address.py).
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import sys
 import numpy as np
 from numpy.typing import NDArray
 
-from clients import AsyncTritonClient
+from .. import AsyncTritonClient
+from ..address import server_url
 
 
 class Embedder:
@@ -34,9 +38,9 @@ class Embedder:
         await self.client.close()
 
 
-async def main(url: str = "127.0.0.1:8001") -> list[NDArray[np.float32]]:
+async def main(url: str | None = None) -> list[NDArray[np.float32]]:
     """Answer a few requests at once, as a web handler would; return their embeddings."""
-    embedder = Embedder(url)
+    embedder = Embedder(url or server_url("grpc"))
     try:
         await embedder.client.wait_until_ready(model="text_embedding", timeout_s=30)
         requests = [["hello world"], ["Triton serves models.", "so does this service"], ["a", "b", "c"]]

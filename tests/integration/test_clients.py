@@ -258,7 +258,9 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def test_cli_health_and_models(triton: EmbeddedTriton) -> None:
-    healthy = cli("health", env={"TRITON_GRPC_URL": triton.grpc_url})  # the URL from the environment
+    # The server from the environment, as `make serve` reads it.
+    host, port = triton.grpc_url.rsplit(":", 1)
+    healthy = cli("health", env={"TRITON_HOST": host, "TRITON_GRPC_PORT": port})
     assert healthy.returncode == 0, healthy.stderr
     assert json.loads(healthy.stdout) | {"url": ""} == {
         "url": "", "protocol": "grpc", "live": True, "ready": True, "model": None
@@ -267,6 +269,8 @@ def test_cli_health_and_models(triton: EmbeddedTriton) -> None:
     assert unknown.returncode == 1 and "error: model 'nope'" in unknown.stderr
     nowhere = cli("health", "--url", f"127.0.0.1:{free_port()}", "--timeout", "2")
     assert nowhere.returncode == 1 and json.loads(nowhere.stdout)["live"] is False
+    bad_port = cli("health", env={"TRITON_GRPC_PORT": "80o1"})
+    assert bad_port.returncode == 1 and "TRITON_GRPC_PORT='80o1' is not a port" in bad_port.stderr
     models = cli("models", "--url", triton.http_url, "--protocol", "http")
     assert models.returncode == 0, models.stderr
     states = {entry["name"]: entry["state"] for entry in json.loads(models.stdout)}

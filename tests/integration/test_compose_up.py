@@ -160,7 +160,9 @@ def stack(
     started = time.monotonic()
     # Grafana's image cannot come from a registry here: the monitoring profile is brought up
     # without it, by naming the services.
-    up = stack.compose("--profile", "cpu", "--profile", "monitoring", "up", "-d", "--no-build", "triton-cpu", "prometheus")
+    up = stack.compose(
+        "--profile", "cpu", "--profile", "monitoring", "up", "-d", "--no-build", "triton-cpu", "prometheus"
+    )
     try:
         assert up.returncode == 0, up.stderr
         deadline = time.monotonic() + 300
@@ -204,7 +206,10 @@ def test_every_example_model_answers_over_the_published_ports_as_pytorch_does(st
             assert_close("text_encoder", "embedding", served, embedding)
         texts = np.array([[t.encode()] for t in TEXTS], dtype=object)
         np.testing.assert_allclose(
-            client.infer("text_embedding", {"text": texts})["embedding"], reference_embedding(TEXTS), atol=1e-4, rtol=1e-3
+            client.infer("text_embedding", {"text": texts})["embedding"],
+            reference_embedding(TEXTS),
+            atol=1e-4,
+            rtol=1e-3,
         )
         labels = client.infer("image_classification", {"image_bytes": np.array([[p] for p in pictures], dtype=object)})
         assert labels["labels"].tolist() == reference_classification(pictures)["labels"].tolist()

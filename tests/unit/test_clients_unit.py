@@ -18,6 +18,8 @@ from clients import (
     RetryPolicy,
     ServerOverloaded,
     ServerUnavailable,
+    metrics_url,
+    server_url,
 )
 from clients._boundary import DeadlineExpired, classify, translate
 from clients.channel import INT32_MAX
@@ -143,3 +145,32 @@ def test_custom_grpc_options_keep_the_message_size_limits() -> None:
     assert args["grpc.max_receive_message_length"] == INT32_MAX
     assert args["grpc.keepalive_time_ms"] == 60_000 and args["grpc.keepalive_permit_without_calls"] == 1
     assert args["grpc.lb_policy_name"] == "round_robin"
+
+
+@pytest.mark.parametrize(
+    ("environ", "grpc", "http", "metrics"),
+    [
+        ({}, "127.0.0.1:8001", "127.0.0.1:8000", "http://127.0.0.1:8002/metrics"),
+        (
+            {"TRITON_HOST": "triton.internal", "TRITON_GRPC_PORT": "9001", "TRITON_HTTP_PORT": "9000"},
+            "triton.internal:9001",
+            "triton.internal:9000",
+            "http://triton.internal:8002/metrics",
+        ),
+        # A server told to listen everywhere is reached on loopback; IPv6 literals get brackets.
+        ({"TRITON_HOST": "0.0.0.0"}, "127.0.0.1:8001", "127.0.0.1:8000", "http://127.0.0.1:8002/metrics"),
+        ({"TRITON_HOST": "::1", "TRITON_METRICS_PORT": "9"}, "[::1]:8001", "[::1]:8000", "http://[::1]:9/metrics"),
+    ],
+)
+def test_every_part_of_the_kit_finds_the_server_from_the_same_variables(
+    environ: dict[str, str], grpc: str, http: str, metrics: str
+) -> None:
+    assert server_url("grpc", environ) == grpc
+    assert server_url("http", environ) == http
+    assert metrics_url(environ) == metrics
+
+
+@pytest.mark.parametrize("value", ["", "80o1", "0", "70000", "-1"])
+def test_a_port_variable_that_is_not_a_port_is_named_with_what_to_do(value: str) -> None:
+    with pytest.raises(ValueError, match=rf"TRITON_GRPC_PORT='{value}' is not a port: set it to a number from 1 to 65535"):
+        server_url("grpc", {"TRITON_GRPC_PORT": value})
