@@ -172,5 +172,7 @@ def test_every_part_of_the_kit_finds_the_server_from_the_same_variables(
 
 @pytest.mark.parametrize("value", ["", "80o1", "0", "70000", "-1"])
 def test_a_port_variable_that_is_not_a_port_is_named_with_what_to_do(value: str) -> None:
-    with pytest.raises(ValueError, match=rf"TRITON_GRPC_PORT='{value}' is not a port: set it to a number from 1 to 65535"):
+    with pytest.raises(
+        ValueError, match=rf"TRITON_GRPC_PORT='{value}' is not a port: set it to a number from 1 to 65535"
+    ):
         server_url("grpc", {"TRITON_GRPC_PORT": value})
