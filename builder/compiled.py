@@ -125,7 +125,7 @@ def build_compiled(
     install_runtime(directory)
     graphs = uses_cuda_graphs(base, variant, device)
     if variant.compile.artifact != "inductor_cache" and not graphs:
-        log(f"{label}: compiling with AOTInductor for {device} ({variant.precision}); this takes a minute or more")
+        log(f"{label}: compiling with AOTInductor for {device} ({variant.precision}); about a minute on 2 cores")
         _aoti(program, record, directory, cache, label, base.name)
         _write_record(directory, variant, record)
         try:

@@ -26,6 +26,7 @@ from builder.check import check_repository
 from builder.errors import BuildError, RepositoryError
 from builder.export import export_onnx
 from builder.fingerprint import BUILD_RECORD, Fingerprint, fingerprint, read_record, sha256_file
+from builder.progress import heartbeat
 from builder.python_model import assemble_python_model
 from builder.render import FORMATS, label_filename, render_config
 from builder.repository import Workspace, link_tree, swap_into_place
@@ -209,7 +210,8 @@ def _build_variants(
         for base in bases:
             started = time.perf_counter()
             try:
-                status, detail = build_variant(base, variant, workspace, force=force, target=target, log=log)
+                with heartbeat(log, f"{variant.name} v{base.version.version}"):
+                    status, detail = build_variant(base, variant, workspace, force=force, target=target, log=log)
             except Skipped as skipped:
                 ok = False
                 summary.results.append(
@@ -308,12 +310,15 @@ def _build_onnx_version(
     log(f"{model.name} v{version.version}: loading {model.source}")
     work = workspace.work_dir(model.name, version.version)
     module = instantiate(model, version)
-    log(f"{model.name} v{version.version}: exporting")
+    label = f"{model.name} v{version.version}"
+    log(f"{label}: exporting")
     started = time.perf_counter()
-    export_onnx(module, model, work / filename)
+    with heartbeat(log, f"{label}: export"):
+        export_onnx(module, model, work / filename)
     exported = time.perf_counter()
-    log(f"{model.name} v{version.version}: verifying")
-    report = verify_onnx(module, model, work / filename)
+    log(f"{label}: verifying")
+    with heartbeat(log, f"{label}: verification"):
+        report = verify_onnx(module, model, work / filename)
     verified = time.perf_counter()
     for note in report.notes:
         log(f"{model.name} v{version.version}: {note}")

@@ -10,6 +10,7 @@ was violated (or no request completed), 2 the run could not start.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import signal
@@ -35,6 +36,7 @@ from loadtest.settings import ENV_VAR, Settings
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 GRACE_S = 30.0
+PROGRESS_S = 5.0
 CPU_BOUND = 90.0
 
 
@@ -182,12 +184,16 @@ def _run_locust(settings: Settings, processes: int) -> dict[str, Any]:
         )
         cpu: dict[int, tuple[float, float]] = {}
         stopped_by_itself = True
+        shown = started
         while process.poll() is None:
             _sample_cpu(process.pid, cpu)
             if time.monotonic() > deadline:
                 stopped_by_itself = False
                 _kill(process)
                 break
+            if time.monotonic() - shown >= PROGRESS_S:
+                shown = time.monotonic()
+                _show_progress(settings, shown - started)
             time.sleep(0.5)
         process.wait()
     hangs = []
@@ -213,6 +219,23 @@ def _run_locust(settings: Settings, processes: int) -> dict[str, Any]:
         if busiest >= CPU_BOUND
         else None,
     }
+
+
+def _show_progress(settings: Settings, elapsed_s: float) -> None:
+    """One line on how the run goes, from the latest row Locust wrote to its stats history."""
+    try:
+        with (settings.report_dir / "locust_stats_history.csv").open() as history:
+            rows = [row for row in csv.DictReader(history) if row["Name"] == "Aggregated"]
+    except (OSError, KeyError, csv.Error):
+        rows = []
+    line = f"  {elapsed_s:4.0f} s of {settings.duration_s:.0f}"
+    if rows:
+        now = rows[-1]
+        line += (
+            f"  users {now['User Count']}/{settings.steps * settings.step_users}  {float(now['Requests/s']):.1f} req/s  p95 {now['95%']} ms"
+            f"  requests {now['Total Request Count']}  failed {now['Total Failure Count']}"
+        )
+    print(line, flush=True)
 
 
 def _sample_cpu(pid: int, cpu: dict[int, tuple[float, float]]) -> None:

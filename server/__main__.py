@@ -17,6 +17,13 @@ from types import FrameType
 
 from server.embedded import EmbeddedTriton, ServerError
 
+# Triton 2.51 reports a host without NVIDIA's driver as errors, then serves on the CPU regardless.
+NO_GPU_NOTE = (
+    "no NVIDIA GPU on this host, so the server's lines 'CudaDriverHelper has not been initialized', "
+    "'CUDA driver version is insufficient', 'Failed to initialize NVML' and 'DCGM unable to start' "
+    "are expected: it serves on the CPU"
+)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(
@@ -81,6 +88,8 @@ def main() -> int:
         f"(repository {args.repo}); Ctrl-C stops it",
         file=sys.stderr,
     )
+    if not Path("/dev/nvidiactl").exists():
+        print(f"note: {NO_GPU_NOTE}", file=sys.stderr)
     code = server.wait()
     server.stop()  # ends stubs a killed server may have left behind
     return 0 if signals_seen else code

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -38,6 +39,11 @@ def test_a_stepped_grpc_run_writes_the_whole_report(triton: EmbeddedTriton, tmp_
         "--step-users", "4", "--report-dir", str(report),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
+    # A line every few seconds while it runs, from Locust's own live figures.
+    progress = [line for line in result.stdout.splitlines() if line.startswith("  ") and " s of 6" in line]
+    assert progress and re.search(r"users \d+/8 +[\d.]+ req/s +p95 \S+ ms +requests \d+ +failed 0$", progress[-1]), (
+        result.stdout
+    )
     for name in ("locust_stats.csv", "locust_stats_history.csv", "locust.html", "steps.png", "summary.json"):
         assert (report / name).stat().st_size > 0, name
     assert (report / "steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import venv
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 from server import EmbeddedTriton
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -123,3 +124,27 @@ def test_the_readme_client_example_runs_as_written(triton: EmbeddedTriton, tmp_p
     result = run([sys.executable, "-c", example], cwd=tmp_path, TRITON_HOST=host, TRITON_GRPC_PORT=port)
     assert result.returncode == 0, result.stderr
     assert "class_" in result.stdout  # the top-5 labels it prints
+
+
+@pytest.mark.skipif(Path("/dev/nvidiactl").exists(), reason="a GPU host: the server logs no CUDA errors to explain")
+def test_the_serve_command_explains_the_cuda_errors_of_a_cpu_host(tiny_repository: Path, tmp_path: Path) -> None:
+    ports = {name: str(free_port()) for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")}
+    command = [str(BIN / "triton-kit-server"), "--repo", str(tiny_repository), "--backend-dir", str(tmp_path / "b")]
+    server = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **ports}
+    )
+    lines: list[str] = []
+    try:
+        assert server.stdout is not None
+        for line in server.stdout:
+            lines.append(line)
+            if line.startswith("note: "):
+                break
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+    log = "".join(lines)
+    assert "Triton is ready" in log and f"gRPC 127.0.0.1:{ports['TRITON_GRPC_PORT']}" in log
+    # The note names lines the server really printed before it.
+    assert "Failed to initialize NVML" in log.split("note: ")[0]
+    assert lines[-1].startswith("note: no NVIDIA GPU on this host") and "'Failed to initialize NVML'" in lines[-1]

@@ -131,3 +131,13 @@ def test_check_flags_a_hand_broken_copy(write_spec, repo, tmp_path) -> None:
     assert any("a/config.pbtxt: name = 'aa': must equal the model's directory name 'a'" in p for p in problems)
     assert any("output 'y'" in p and "dims[0] is 7 as declared but 3 in the graph" in p for p in problems)
     assert any("b/1/model.onnx: model file = missing" in p for p in problems)
+
+
+def test_long_steps_report_progress_until_they_end(write_spec, repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("builder.progress.HEARTBEAT_S", 0.05)
+    lines: list[str] = []
+    build_repository(write_spec(linear_model()), repo, target="cpu", log=lines.append)
+    beats = [i for i, line in enumerate(lines) if line.startswith("linear v1: export: still running (")]
+    assert beats, lines
+    # Every beat comes between the step's start and its end, none after.
+    assert lines.index("linear v1: exporting") < beats[0] and beats[-1] < lines.index("linear v1: verifying")
