@@ -1,6 +1,11 @@
-"""`python -m loadtest`: run Locust headless against a Triton server and write the report folder.
+"""`python -m loadtest`: load a Triton server and write the report folder.
 
-    python -m loadtest --model text_encoder --protocol grpc --step-users 4 --steps 3 --step-seconds 10
+    python -m loadtest --model text_encoder --step-users 4 --steps 3 --step-seconds 10   closed loop (Locust users)
+    python -m loadtest --model text_encoder --rate 200 400 600 --step-seconds 10         open loop (offered rates)
+
+Closed loop: each Locust user sends its next request when the last one returns, so a slow server
+slows the load. Open loop (--rate): requests leave on schedule whatever the server does, latency is
+timed from the scheduled send, and the report shows offered against achieved rate and the knee.
 
 The server must be running (`make serve`, or any URL). The run is bounded: Locust stops after the
 last step, and is killed if it has not stopped 30 s later. Exit codes: 0 passed, 1 a threshold
@@ -13,6 +18,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +35,7 @@ from numpy.typing import NDArray
 
 from clients import ClientError, TritonClient
 from clients.address import server_url
+from loadtest.openloop import run_open_loop
 from loadtest.payloads import generated_payload, load_arrays
 from loadtest.report import Thresholds, build_summary, plot_steps, violations
 from loadtest.settings import ENV_VAR, Settings
@@ -58,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         step_seconds=args.step_seconds,
         steps=args.steps,
         spawn_rate=args.spawn_rate,
+        rates=tuple(args.rate or ()),
+        poisson=args.poisson,
+        max_in_flight=args.max_in_flight,
         payload=args.payload,
         expect=args.expect,
         report_dir=report_dir.resolve(),
@@ -68,14 +78,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ClientError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if settings.report_dir.is_dir() and any(settings.report_dir.iterdir()):
+        if not args.overwrite:
+            print(
+                f"error: report folder {settings.report_dir} is not empty (an earlier run's?): its request logs "
+                "and server snapshots would mix with this run's; leave --report-dir out for a fresh timestamped "
+                "folder, choose an empty one, or pass --overwrite to replace it",
+                file=sys.stderr,
+            )
+            return 2
+        shutil.rmtree(settings.report_dir)
     settings.report_dir.mkdir(parents=True, exist_ok=True)
     np.savez(settings.report_dir / "payload.npz", **payload)
+    load = (
+        f"open loop, {len(settings.rates)} step(s) of {settings.step_seconds:g}s offering "
+        f"{', '.join(f'{r:g}' for r in settings.rates)} req/s"
+        if settings.open_loop
+        else f"{settings.steps} step(s) of {settings.step_seconds:g}s adding {settings.step_users} user(s), "
+        f"{args.processes} process(es)"
+    )
     print(
-        f"load test: {settings.model} over {settings.protocol} at {settings.url}, {settings.steps} step(s) of "
-        f"{settings.step_seconds:g}s adding {settings.step_users} user(s), {args.processes} process(es) -> {settings.report_dir}",
+        f"load test: {settings.model} over {settings.protocol} at {settings.url}, {load} -> {settings.report_dir}",
         file=sys.stderr,
     )
-    generator = _run_locust(settings, args.processes)
+    generator = run_open_loop(settings, payload) if settings.open_loop else _run_locust(settings, args.processes)
     summary = build_summary(
         settings.report_dir,
         {
@@ -85,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "batch": settings.batch,
             "step_users": settings.step_users,
             "step_seconds": settings.step_seconds,
+            "rates": list(settings.rates),
             "inputs": {t["name"]: t["datatype"] for t in metadata["inputs"]},
             "reference": str(settings.expect) if settings.expect else None,
             "generator": generator,
@@ -115,14 +142,31 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--step-seconds", type=float, default=10.0, help="length of each step (default 10)")
     parser.add_argument("--steps", type=int, default=3, help="number of steps; 1 is a constant load (default 3)")
     parser.add_argument("--spawn-rate", type=float, default=100.0, help="users started per second (default 100)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        nargs="+",
+        metavar="RPS",
+        help="open loop: offer these request rates, one step each (e.g. --rate 200 400 600); replaces the users",
+    )
+    parser.add_argument("--poisson", action="store_true", help="open loop: Poisson arrivals (default: evenly spaced)")
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=256,
+        help="open loop: requests outstanding at most; arrivals beyond are dropped and counted (default 256)",
+    )
     parser.add_argument("--processes", type=int, default=1, help="Locust processes (one per core to load harder)")
     parser.add_argument(
         "--payload", type=Path, help=".npz of input arrays (default: generated from the model's metadata)"
     )
     parser.add_argument("--expect", type=Path, help=".npz of expected outputs: a different answer is a failed request")
     parser.add_argument(
-        "--report-dir", type=Path, help="where the report goes (default reports/<model>-<protocol>-<time>)"
+        "--report-dir",
+        type=Path,
+        help="where the report goes (default reports/<model>-<protocol>-<time>); must be empty",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace what --report-dir holds")
     parser.add_argument(
         "--thresholds", type=Path, help="YAML with max_failure_ratio, max_rejected_ratio, max_p95_ms, min_rps"
     )
@@ -259,19 +303,44 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
 
 
 def _print(summary: dict[str, Any]) -> None:
-    header = f"{'users':>6} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'fail':>5} {'reject':>6} {'queue us':>9} {'infer us':>9} {'batch':>6}"
-    print(header)
+    open_loop = bool(summary.get("rates"))
+    load = f"{'offered':>8}" if open_loop else f"{'users':>6}"
+    extra = f" {'drop':>5}" if open_loop else ""
+    print(
+        f"{load} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'fail':>5} {'reject':>6}{extra} {'queue us':>9} {'infer us':>9} {'batch':>6}"
+    )
     for step in summary["steps"]:
         server = step["server"] or {}
+        offered = f"{step['offered_rps']:>8g}" if open_loop else f"{step['users']:>6}"
+        dropped = f" {step['dropped']:>5}" if open_loop else ""
         print(
-            f"{step['users']:>6} {step['rps']:>9.1f} {step['p50_ms']:>8.1f} {step['p95_ms']:>8.1f} {step['p99_ms']:>8.1f} "
-            f"{step['failures']:>5} {step['rejected']:>6} {server.get('queue_us', 0):>9.0f} {server.get('compute_infer_us', 0):>9.0f} {server.get('avg_batch_size', 0):>6.2f}"
+            f"{offered} {step['rps']:>9.1f} {step['p50_ms']:>8.1f} {step['p95_ms']:>8.1f} {step['p99_ms']:>8.1f} "
+            f"{step['failures']:>5} {step['rejected']:>6}{dropped} {server.get('queue_us', 0):>9.0f} {server.get('compute_infer_us', 0):>9.0f} {server.get('avg_batch_size', 0):>6.2f}"
         )
+        # An ensemble's own queue and batch say little: its members batch on their own.
+        for name, member in (server.get("members") or {}).items():
+            if member:
+                print(
+                    f"{'':>8}   {name}: {member['inferences']:.0f} inferences in {member['executions']:.0f} executions "
+                    f"(batch {member['avg_batch_size']:.2f}), queue {member['queue_us']:.0f} us, "
+                    f"infer {member['compute_infer_us']:.0f} us per request"
+                )
     total = summary["total"]
     print(
         f"total: {total['requests']} requests, {total['failures']} failed, {total['rejected']} rejected (queue full), "
         f"{total['rps']:.1f} req/s, p95 {total['p95_ms']:.1f} ms"
     )
+    if "knee" in summary:
+        knee = summary["knee"]
+        held = (
+            f"held up to {knee['held_rps']:g} req/s (p95 {knee['held_p95_ms']:.1f} ms)"
+            if knee["held_rps"]
+            else "held no offered rate"
+        )
+        broke = (
+            f"; not {knee['broke_at_rps']:g} req/s (p95 {knee['broke_p95_ms']:.1f} ms)" if knee["broke_at_rps"] else ""
+        )
+        print(f"open loop: {held}{broke}")
     if summary["generator"]["warning"]:
         print(f"warning: {summary['generator']['warning']}", file=sys.stderr)
 

@@ -15,7 +15,6 @@ import grpc.experimental.gevent as grpc_gevent
 grpc_gevent.init_gevent()
 
 import faulthandler
-import json
 import os
 import time
 
@@ -28,6 +27,7 @@ from clients import ClientError, ServerOverloaded, TritonClient
 from loadtest.payloads import generated_payload, load_arrays
 from loadtest.report import FAILED, OK, REJECTED
 from loadtest.settings import Settings
+from loadtest.snapshots import ensemble_members, record
 
 SETTINGS = Settings.from_env()
 SETTINGS.report_dir.mkdir(parents=True, exist_ok=True)
@@ -156,17 +156,21 @@ def _exit_even_if_grpc_hangs(**_: Any) -> None:
     faulthandler.dump_traceback_later(_EXIT_GRACE_S, exit=True, file=_hang_report)
 
 
+_members: list[str] | None = None
+
+
 def _snapshot(step: int) -> None:
-    """Append the server's statistics for the model, at a step boundary, to server_stats.jsonl."""
-    try:
-        with TritonClient(SETTINGS.url, protocol=SETTINGS.protocol, timeout_s=10, retries=0) as client:
-            stats = client.statistics(SETTINGS.model)["model_stats"]
-    except ClientError as exc:
-        stats, error = [], str(exc)
-    else:
-        error = ""
-    with (SETTINGS.report_dir / "server_stats.jsonl").open("a") as handle:
-        handle.write(json.dumps({"step": step, "time": time.time(), "stats": stats, "error": error}) + "\n")
+    """Append the server's statistics for the model (and an ensemble's members), at a step
+    boundary, to server_stats.jsonl."""
+    global _members
+    wall = time.time()
+    with TritonClient(SETTINGS.url, protocol=SETTINGS.protocol, timeout_s=10, retries=0) as client:
+        if _members is None:
+            try:
+                _members = ensemble_members(client.config(SETTINGS.model))
+            except ClientError:
+                _members = []
+        record(SETTINGS.report_dir, step, wall, client.statistics, SETTINGS.model, _members)
 
 
 def _check(outputs: dict[str, NDArray[Any]], expected: dict[str, NDArray[Any]]) -> None:

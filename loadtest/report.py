@@ -12,10 +12,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["FAILED", "OK", "REJECTED", "Thresholds", "build_summary", "plot_steps", "violations"]
+__all__ = ["DROPPED", "FAILED", "OK", "REJECTED", "Thresholds", "build_summary", "knee", "plot_steps", "violations"]
 
-# The outcome column of the request logs.
-FAILED, OK, REJECTED = 0, 1, 2
+# The outcome column of the request logs: answered, failed, refused by a full queue, or (open loop)
+# never sent because the generator's bound on requests in flight was reached.
+FAILED, OK, REJECTED, DROPPED = 0, 1, 2, 3
+
+# Open loop: a step holds its offered rate when it answers at least this share of it.
+HELD = 0.98
 
 _PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 
@@ -41,20 +45,23 @@ def build_summary(report_dir: Path, run: dict[str, Any]) -> dict[str, Any]:
         key=lambda s: s["step"],
     )
     times, latencies, outcomes = _requests(report_dir)
-    failed, rejected = outcomes == FAILED, outcomes == REJECTED
+    failed, rejected, dropped = outcomes == FAILED, outcomes == REJECTED, outcomes == DROPPED
+    rates = run.get("rates") or []
     steps = []
     for before, after in itertools.pairwise(snapshots):
         inside = (times >= before["time"]) & (times < after["time"])
         seconds = after["time"] - before["time"]
         answered = inside & (outcomes == OK)
+        load = {"offered_rps": rates[before["step"]]} if rates else {"users": (before["step"] + 1) * run["step_users"]}
         steps.append(
             {
                 "step": before["step"],
-                "users": (before["step"] + 1) * run["step_users"],
+                **load,
                 "seconds": round(seconds, 3),
-                "requests": int(inside.sum()),
+                "requests": int((inside & ~dropped).sum()),
                 "failures": int((inside & failed).sum()),
                 "rejected": int((inside & rejected).sum()),
+                "dropped": int((inside & dropped).sum()),
                 "rps": round(float(answered.sum()) / seconds, 2) if seconds > 0 else 0.0,
                 **_percentiles(latencies[answered]),
                 "server": _server_breakdown(before, after),
@@ -64,7 +71,8 @@ def build_summary(report_dir: Path, run: dict[str, Any]) -> dict[str, Any]:
     start, end = (snapshots[0]["time"], snapshots[-1]["time"]) if len(snapshots) > 1 else (0.0, 0.0)
     inside = (times >= start) & (times < end)
     total = {
-        "requests": int(inside.sum()),
+        "requests": int((inside & ~dropped).sum()),
+        "dropped": int((inside & dropped).sum()),
         "failures": int((inside & failed).sum()),
         "failure_ratio": _ratio(inside & failed, inside),
         "rejected": int((inside & rejected).sum()),
@@ -72,7 +80,33 @@ def build_summary(report_dir: Path, run: dict[str, Any]) -> dict[str, Any]:
         "rps": round(float((inside & (outcomes == OK)).sum()) / (end - start), 2) if end > start else 0.0,
         **_percentiles(latencies[inside & (outcomes == OK)]),
     }
-    return {**run, "steps": steps, "total": total}
+    summary = {**run, "steps": steps, "total": total}
+    if rates:
+        summary["knee"] = knee(steps)
+    return summary
+
+
+def knee(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Open loop: the highest offered rate the server held (answered >= 98% of it, nothing failed,
+    refused or dropped) and the first it did not, where the latency curve bends."""
+    held = None
+    for step in steps:
+        clean = step["failures"] == step["rejected"] == step["dropped"] == 0
+        if clean and step["rps"] >= HELD * step["offered_rps"]:
+            held = step
+            continue
+        return {
+            "held_rps": held["offered_rps"] if held else None,
+            "held_p95_ms": held["p95_ms"] if held else None,
+            "broke_at_rps": step["offered_rps"],
+            "broke_p95_ms": step["p95_ms"],
+        }
+    return {
+        "held_rps": held["offered_rps"] if held else None,
+        "held_p95_ms": held["p95_ms"] if held else None,
+        "broke_at_rps": None,
+        "broke_p95_ms": None,
+    }
 
 
 def violations(summary: dict[str, Any], thresholds: Thresholds) -> list[str]:
@@ -95,28 +129,52 @@ def violations(summary: dict[str, Any], thresholds: Thresholds) -> list[str]:
 
 
 def plot_steps(summary: dict[str, Any], path: Path) -> None:
-    """Throughput (bars) and p50/p95/p99 latency (lines) for each step, as a PNG."""
+    """Throughput (bars) and p50/p95/p99 latency (lines) for each step above; below, where the
+    server spent each request's time (queue and compute, stacked), and for an ensemble each
+    member's queue and compute time per request. A PNG, both latency axes from zero."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display; chosen before pyplot is imported
     import matplotlib.pyplot as plt
 
     steps = summary["steps"]
-    users = [s["users"] for s in steps]
-    figure, throughput = plt.subplots(figsize=(8, 4.5))
-    throughput.bar(
-        users, [s["rps"] for s in steps], width=max(1, summary["step_users"]) * 0.6, color="#9ecae1", label="throughput"
-    )
-    throughput.set_xlabel("concurrent users")
+    open_loop = "offered_rps" in steps[0]
+    load = [s["offered_rps"] if open_loop else s["users"] for s in steps]
+    width = ((load[1] - load[0]) if len(load) > 1 else max(load[0], 1)) * 0.6
+    figure, (throughput, server) = plt.subplots(2, 1, figsize=(8, 7), height_ratios=[3, 2], sharex=True)
+    throughput.bar(load, [s["rps"] for s in steps], width=width, color="#9ecae1", label="achieved")
+    if open_loop:
+        throughput.plot(load, load, ":", color="#555555", label="offered")
     throughput.set_ylabel("requests / s")
+    throughput.set_ylim(bottom=0)
     latency = throughput.twinx()
     for key, style in (("p50_ms", "-o"), ("p95_ms", "-s"), ("p99_ms", "-^")):
-        latency.plot(users, [s[key] for s in steps], style, label=key.replace("_ms", ""))
-    latency.set_ylabel("latency (ms)")
+        latency.plot(load, [s[key] for s in steps], style, label=key.replace("_ms", ""))
+    latency.set_ylabel("latency at the client (ms)")
+    latency.set_ylim(bottom=0)
     handles = throughput.get_legend_handles_labels()[0] + latency.get_legend_handles_labels()[0]
     labels = throughput.get_legend_handles_labels()[1] + latency.get_legend_handles_labels()[1]
-    latency.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, frameon=False)
+    throughput.legend(handles, labels, loc="upper left", ncol=5, frameon=False, fontsize="small")
     throughput.set_title(f"{summary['model']} over {summary['protocol']}, batch {summary['batch']}")
+
+    bottom = np.zeros(len(steps))
+    for phase in _PHASES:
+        spent = np.array([((s["server"] or {}).get(f"{phase}_us", 0.0)) / 1000 for s in steps])
+        server.bar(load, spent, width=width, bottom=bottom, label=phase.replace("_", " "))
+        bottom += spent
+    members = {name for s in steps for name in ((s["server"] or {}).get("members") or {})}
+    for name in sorted(members):
+        per_request = [
+            (m["queue_us"] + m["compute_infer_us"]) / 1000
+            if (m := ((s["server"] or {}).get("members") or {}).get(name))
+            else 0.0
+            for s in steps
+        ]
+        server.plot(load, per_request, "-o", label=f"{name}: queue + infer")
+    server.set_ylabel("server time per request (ms)")
+    server.set_ylim(bottom=0)
+    server.set_xlabel("offered requests / s (open loop)" if open_loop else "concurrent users")
+    server.legend(loc="upper left", ncol=2, frameon=False, fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -146,15 +204,29 @@ def _percentiles(latencies: NDArray[Any]) -> dict[str, float]:
     return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3), "p99_ms": round(float(p99), 3)}
 
 
-def _server_breakdown(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float] | None:
-    """Per-request server times and the average batch size in a step, from two statistics snapshots."""
-    if not before["stats"] or not after["stats"]:
+def _server_breakdown(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:
+    """Per-request server times and the average batch size in a step, from two statistics
+    snapshots; for an ensemble, the same for each composing model under "members"."""
+    breakdown: dict[str, Any] | None = _breakdown(before["stats"], after["stats"])
+    if breakdown is None:
         return None
-    a, b = before["stats"][0], after["stats"][0]
+    members = {
+        name: _breakdown(before.get("members", {}).get(name, []), stats)
+        for name, stats in after.get("members", {}).items()
+    }
+    if members:
+        breakdown["members"] = members
+    return breakdown
+
+
+def _breakdown(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if not before or not after:
+        return None
+    a, b = before[0], after[0]
     requests = _count(b, "success") - _count(a, "success")
     executions = int(b.get("execution_count", 0)) - int(a.get("execution_count", 0))
     inferences = int(b.get("inference_count", 0)) - int(a.get("inference_count", 0))
-    breakdown: dict[str, float] = {
+    breakdown: dict[str, Any] = {
         "requests": float(requests),
         "executions": float(executions),
         "inferences": float(inferences),

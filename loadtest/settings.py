@@ -26,6 +26,10 @@ class Settings:
     step_seconds: float = 10.0
     steps: int = 1
     spawn_rate: float = 100.0
+    # Open loop (loadtest/openloop.py): one offered rate per step, in requests per second.
+    rates: tuple[float, ...] = ()
+    poisson: bool = False
+    max_in_flight: int = 256
     payload: Path | None = None
     expect: Path | None = None
     atol: float = 1e-4
@@ -34,8 +38,12 @@ class Settings:
     report_dir: Path = Path("reports")
 
     @property
+    def open_loop(self) -> bool:
+        return bool(self.rates)
+
+    @property
     def duration_s(self) -> float:
-        return self.step_seconds * self.steps
+        return self.step_seconds * (len(self.rates) if self.rates else self.steps)
 
     def to_env(self) -> str:
         return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()})
@@ -53,4 +61,5 @@ class Settings:
         values: dict[str, Any] = json.loads(raw)
         paths = {f.name for f in fields(cls) if "Path" in str(f.type)}
         converted: dict[str, Any] = {k: Path(v) if k in paths and v is not None else v for k, v in values.items()}
+        converted["rates"] = tuple(converted.get("rates", ()))
         return cls(**converted)

@@ -79,6 +79,14 @@ def test_an_http_run_against_an_ensemble(triton: EmbeddedTriton, tmp_path: Path)
     summary = summary_of(report)
     assert summary["protocol"] == "http" and summary["inputs"] == {"text": "BYTES"}
     assert summary["total"]["requests"] > 0 and summary["total"]["failures"] == 0
+    # The pipeline's members, from their own statistics: each request passed through each of them.
+    (step,) = summary["steps"]
+    members = step["server"]["members"]
+    assert list(members) == ["tokenizer", "text_encoder", "embedding_normalize"]
+    for name, member in members.items():
+        assert abs(member["inferences"] - step["server"]["requests"]) <= 2, name
+        assert member["executions"] <= member["inferences"] and member["compute_infer_us"] > 0, name
+        assert f"   {name}: {member['inferences']:.0f} inferences in {member['executions']:.0f} executions" in result.stdout
 
 
 def test_an_impossible_threshold_fails_the_run(triton: EmbeddedTriton, tmp_path: Path) -> None:
@@ -221,3 +229,59 @@ def test_several_processes_keep_the_locust_master_on_loopback(triton: EmbeddedTr
         watcher.join()
     assert result.returncode == 0, result.stderr + result.stdout
     assert seen == {"127.0.0.1"}
+
+
+def test_an_open_loop_run_holds_its_rates_as_the_server_counts_them(triton: EmbeddedTriton, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    result = loadtest(
+        "--model", "text_encoder", "--url", triton.grpc_url, "--rate", "40", "80", "--step-seconds", "3",
+        "--report-dir", str(report), "--max-failure-ratio", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    summary = summary_of(report)
+    steps = summary["steps"]
+    assert [s["offered_rps"] for s in steps] == [40, 80]
+    for step in steps:
+        # Every scheduled arrival was sent, answered, and seen by the server in its own step.
+        assert step["requests"] == round(step["offered_rps"] * 3) and step["dropped"] == step["failures"] == 0
+        assert step["rps"] >= 0.98 * step["offered_rps"]
+        assert abs(step["server"]["requests"] - step["requests"]) <= 2
+    assert sum(s["server"]["requests"] for s in steps) == summary["total"]["requests"] == 360
+    assert summary["knee"]["held_rps"] == 80 and summary["knee"]["broke_at_rps"] is None
+    assert summary["generator"]["mode"] == "open loop" and summary["generator"]["sent"] == 360
+    assert "step 2/2: offering 80 req/s" in result.stdout and "open loop: held up to 80 req/s" in result.stdout
+
+
+def test_an_open_loop_drops_what_exceeds_its_bound_and_says_where_the_server_broke(
+    triton: EmbeddedTriton, tmp_path: Path
+) -> None:
+    report = tmp_path / "report"
+    result = loadtest(
+        "--model", "image_classifier", "--url", triton.grpc_url, "--rate", "2", "400", "--step-seconds", "2",
+        "--max-in-flight", "1", "--report-dir", str(report),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    summary = summary_of(report)
+    gentle, flood = summary["steps"]
+    assert gentle["dropped"] == 0 and gentle["requests"] == 4
+    # One request at a time: most of the 800 arrivals were never sent, and none was lost silently.
+    assert flood["dropped"] > 400 and flood["requests"] + flood["dropped"] == 800
+    assert summary["generator"]["sent"] == summary["total"]["requests"]
+    assert sum(s["server"]["requests"] for s in summary["steps"]) == summary["generator"]["sent"]
+    assert summary["knee"] == {
+        "held_rps": 2.0, "held_p95_ms": gentle["p95_ms"], "broke_at_rps": 400.0, "broke_p95_ms": flood["p95_ms"]
+    }  # fmt: skip
+
+
+def test_a_report_folder_in_use_is_refused_unless_overwritten(triton: EmbeddedTriton, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    args = ("--model", "text_encoder", "--url", triton.grpc_url, "--rate", "20", "--step-seconds", "1")
+    assert loadtest(*args, "--report-dir", str(report)).returncode == 0
+    first = summary_of(report)
+    again = loadtest(*args, "--report-dir", str(report))
+    assert again.returncode == 2 and f"report folder {report} is not empty" in again.stderr
+    assert summary_of(report) == first  # untouched
+    (report / "stale.csv").write_text("left by someone\n")
+    replaced = loadtest(*args, "--report-dir", str(report), "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert not (report / "stale.csv").exists() and len(summary_of(report)["steps"]) == 1
