@@ -33,10 +33,11 @@ import psutil
 import yaml
 from numpy.typing import NDArray
 
+from builder.errors import BuildError
 from clients import ClientError, TritonClient
 from clients.address import server_url
 from loadtest.openloop import run_open_loop
-from loadtest.payloads import generated_payload, load_arrays
+from loadtest.payloads import generated_payload, load_arrays, perf_analyzer_data, spec_payload
 from loadtest.report import Thresholds, build_summary, plot_steps, violations
 from loadtest.settings import ENV_VAR, Settings
 
@@ -48,6 +49,9 @@ CPU_BOUND = 90.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["payload"]:
+        return payload_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         url = args.url or server_url(args.protocol)
@@ -74,8 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         thresholds = _thresholds(args)
-        payload, metadata = _prepare(settings)
-    except (ClientError, OSError, ValueError) as exc:
+        payload, metadata = _prepare(settings, args.spec)
+    except (ClientError, OSError, ValueError, BuildError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if settings.report_dir.is_dir() and any(settings.report_dir.iterdir()):
@@ -128,6 +132,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if broken else 0
 
 
+def payload_main(argv: Sequence[str]) -> int:
+    """`python -m loadtest payload`: write the payload a run would send, as .npz or as
+    perf_analyzer's --input-data JSON, for other tools to send the same requests."""
+    parser = argparse.ArgumentParser(prog="python -m loadtest payload", description=payload_main.__doc__)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    parser.add_argument(
+        "--url", help="host:port of the server (default: TRITON_HOST and TRITON_GRPC_PORT / TRITON_HTTP_PORT)"
+    )
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--spec", type=Path, default=Path("models.yaml"))
+    parser.add_argument("--format", choices=["npz", "perf-analyzer"], default="perf-analyzer")
+    parser.add_argument("--out", type=Path, required=True, help="the file to write")
+    args = parser.parse_args(argv)
+    try:
+        url = args.url or server_url(args.protocol)
+        with TritonClient(url, protocol=args.protocol, timeout_s=10) as client:
+            metadata, config = client.metadata(args.model), client.config(args.model)
+        batching = int(config.get("max_batch_size", 0)) > 0
+        payload = _payload_for(args.model, metadata, args.batch, batching, args.spec)
+        if args.format == "npz":
+            with args.out.open("wb") as handle:
+                np.savez(handle, **payload)
+        else:
+            args.out.write_text(json.dumps(perf_analyzer_data(payload, batching)) + "\n")
+    except (ClientError, OSError, ValueError, BuildError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in payload.items())
+    print(f"wrote {args.out} ({args.format}): {shapes}", file=sys.stderr)
+    if args.format == "perf-analyzer":
+        print(
+            f"  perf_analyzer -m {args.model} --input-data {args.out} -b {args.batch if batching else 1} -u {url}",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,7 +200,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--processes", type=int, default=1, help="Locust processes (one per core to load harder)")
     parser.add_argument(
-        "--payload", type=Path, help=".npz of input arrays (default: generated from the model's metadata)"
+        "--payload",
+        type=Path,
+        help=".npz of input arrays (default: drawn as --spec declares the model, else from its metadata)",
+    )
+    parser.add_argument(
+        "--spec", type=Path, default=Path("models.yaml"), help="the spec of the model's inputs (default models.yaml)"
     )
     parser.add_argument("--expect", type=Path, help=".npz of expected outputs: a different answer is a failed request")
     parser.add_argument(
@@ -195,7 +242,7 @@ def _thresholds(args: argparse.Namespace) -> Thresholds:
     return Thresholds(**values)
 
 
-def _prepare(settings: Settings) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+def _prepare(settings: Settings, spec: Path | None) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
     """Check the server and model answer; build the payload."""
     with TritonClient(settings.url, protocol=settings.protocol, timeout_s=10) as client:
         try:
@@ -207,7 +254,15 @@ def _prepare(settings: Settings) -> tuple[dict[str, NDArray[Any]], dict[str, Any
     if settings.payload is not None:
         return load_arrays(settings.payload), metadata
     batching = int(config.get("max_batch_size", 0)) > 0
-    return generated_payload(metadata, settings.batch, batching), metadata
+    return _payload_for(settings.model, metadata, settings.batch, batching, spec), metadata
+
+
+def _payload_for(
+    model: str, metadata: dict[str, Any], batch: int, batching: bool, spec: Path | None
+) -> dict[str, NDArray[Any]]:
+    """As the spec declares the model's inputs where it does, from the metadata otherwise."""
+    declared = spec_payload(spec, model, batch) if spec is not None and spec.is_file() else None
+    return declared if declared is not None else generated_payload(metadata, batch, batching)
 
 
 def _run_locust(settings: Settings, processes: int) -> dict[str, Any]:

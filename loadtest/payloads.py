@@ -1,12 +1,17 @@
-"""Request payloads for a model: from a .npz file, or generated from the model's metadata.
+"""Request payloads for a model: from a .npz file, drawn as the spec declares the model's inputs,
+or generated from the model's metadata.
 
-Generated payloads are seeded: FP tensors standard normal, integer tensors small non-negative
-values (valid token ids for most embeddings), BYTES tensors a PNG image where the input's name
-says image, UTF-8 text otherwise (what the example pipelines take).
+From the spec (an ONNX model or one of its variants): the typical dims of each variable axis
+(`shape_range.opt`, the same for every input, so tensors that must agree do), integers and floats
+within `value_range`. From the metadata otherwise (pipelines, Python models, a repository built
+elsewhere), seeded: FP tensors standard normal, integers in [0, 16), BYTES tensors a PNG image
+where the input's name says image, UTF-8 text otherwise (what the example pipelines take).
+`perf_analyzer_data` writes either as perf_analyzer's `--input-data` JSON.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,7 @@ from numpy.typing import NDArray
 from PIL import Image
 from tritonclient.utils import triton_to_np_dtype
 
-__all__ = ["generated_payload", "load_arrays"]
+__all__ = ["generated_payload", "load_arrays", "perf_analyzer_data", "spec_payload"]
 
 # Variable dims get this size in generated payloads: long enough to exercise a sequence model.
 VARIABLE_DIM = 16
@@ -26,6 +31,50 @@ def load_arrays(path: Path) -> dict[str, NDArray[Any]]:
     """Every array of a .npz file, by name (object arrays of bytes allowed)."""
     with np.load(path, allow_pickle=True) as data:
         return {name: data[name] for name in data.files}
+
+
+def spec_payload(spec_path: Path, model: str, batch: int, seed: int = 0) -> dict[str, NDArray[Any]] | None:
+    """One request's inputs as the spec declares them; None when the spec does not declare the
+    model's tensors (not in it, or a Python model or ensemble, whose metadata says enough).
+
+    Raises:
+        SpecError: the spec file is invalid.
+    """
+    from builder.samples import Case, make_inputs  # the builder's own draw; torch-free
+    from builder.spec import OnnxModelSpec, load_spec
+
+    for entry in load_spec(spec_path).models:
+        if isinstance(entry, OnnxModelSpec) and model in {entry.name, *(v.name for v in entry.variants)}:
+            case = Case(batch if entry.max_batch_size > 0 else None, {t.name: t.typical_dims for t in entry.inputs})
+            return make_inputs(entry, case, np.random.default_rng(seed))
+    return None
+
+
+def perf_analyzer_data(payload: dict[str, NDArray[Any]], batching: bool) -> dict[str, Any]:
+    """`payload` as perf_analyzer's --input-data JSON: one entry, each tensor's flat content and
+    its shape without the batch axis (perf_analyzer adds it with -b); a one-item BYTES tensor as
+    base64 (an image), several as UTF-8 strings.
+
+    Raises:
+        ValueError: a BYTES tensor of several items that are not text (perf_analyzer has no form for it).
+    """
+    entry: dict[str, Any] = {}
+    for name, array in payload.items():
+        items = array[0] if batching else array
+        shape = list(items.shape)
+        if array.dtype != object:
+            entry[name] = {"content": items.ravel().tolist(), "shape": shape}
+        elif items.size == 1:
+            entry[name] = {"b64": base64.b64encode(bytes(items.ravel()[0])).decode(), "shape": shape}
+        else:
+            try:
+                entry[name] = {"content": [bytes(item).decode() for item in items.ravel()], "shape": shape}
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"input {name!r}: {items.size} binary BYTES items per request; perf_analyzer's --input-data "
+                    "takes binary data one item per tensor: use --batch 1"
+                ) from exc
+    return {"data": [entry]}
 
 
 def generated_payload(metadata: dict[str, Any], batch: int, batching: bool, seed: int = 0) -> dict[str, NDArray[Any]]:
