@@ -1,4 +1,12 @@
-"""Locust users and load shape for the kit's Triton server; start it with `python -m loadtest`.
+"""Locust users and load shape for the kit's Triton server.
+
+Started by `python -m loadtest` (settings in TRITON_LOADTEST_SETTINGS), or by Locust itself, its
+web UI included (on loopback unless --web-host says otherwise):
+
+    locust -f loadtest/locustfile.py --host grpc://127.0.0.1:8001 --triton-model text_encoder
+    locust -f loadtest/locustfile.py --headless --host http://127.0.0.1:8000 --steps 2 --step-users 4
+
+Without --host the server is the kit's address convention (TRITON_HOST, TRITON_GRPC_PORT).
 
 Each user holds one kit client (one channel or connection, reused), sends the run's payload in a
 closed loop, and reports every request to Locust with its response time and size; a response
@@ -17,20 +25,96 @@ grpc_gevent.init_gevent()
 import faulthandler
 import os
 import time
+from pathlib import Path
 
 from typing import Any, TextIO
 
 import numpy as np
 from numpy.typing import NDArray
 
-from clients import ClientError, ServerOverloaded, TritonClient
+from clients import ClientError, ServerOverloaded, TritonClient, server_url
 from loadtest.payloads import generated_payload, load_arrays
 from loadtest.report import FAILED, OK, REJECTED
-from loadtest.settings import Settings
+from loadtest.settings import ENV_VAR, Settings
 from loadtest.snapshots import ensemble_members, record
 
-SETTINGS = Settings.from_env()
-SETTINGS.report_dir.mkdir(parents=True, exist_ok=True)
+# Filled in when the test starts: from the runner's environment, or from Locust's own options
+# (the host may be typed into the web UI only then).
+SETTINGS = Settings.from_env() if ENV_VAR in os.environ else Settings(url="", model="")
+PAYLOAD: dict[str, NDArray[Any]] = {}
+EXPECTED: dict[str, NDArray[Any]] | None = None
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any, **_: Any) -> None:
+    parser.add_argument(
+        "--triton-model", default="text_encoder", include_in_web_ui=True, help="model (or ensemble) to load"
+    )
+    parser.add_argument(
+        "--triton-batch", type=int, default=1, include_in_web_ui=True, help="items per generated request"
+    )
+    parser.add_argument("--step-users", type=int, default=4, include_in_web_ui=True, help="users added at each step")
+    parser.add_argument("--step-seconds", type=float, default=10.0, include_in_web_ui=True, help="length of each step")
+    parser.add_argument("--steps", type=int, default=3, include_in_web_ui=True, help="number of steps")
+    parser.add_argument(
+        "--triton-report-dir",
+        default="",
+        help="request logs and server snapshots (default reports/locust-<model>-<time>)",
+    )
+    # Neither this UI nor Triton's API asks who is calling: loopback unless told otherwise.
+    parser.set_defaults(web_host="127.0.0.1", host=f"grpc://{server_url('grpc')}")
+
+
+@events.init.add_listener
+def _check_host(environment: Any, **_: Any) -> None:
+    if ENV_VAR not in os.environ:
+        try:
+            _settings_from(environment)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+
+
+_configured_for: str | None = None
+
+
+def _ensure_settings(environment: Any) -> None:
+    """Without the runner, the settings of Locust's options, for the host the test starts with
+    (the web UI can change it until then); the shape's first tick comes before test_start."""
+    global SETTINGS, _configured_for
+    if ENV_VAR not in os.environ and _configured_for != environment.host:
+        SETTINGS = _settings_from(environment)
+        _configured_for = environment.host
+    SETTINGS.report_dir.mkdir(parents=True, exist_ok=True)
+
+
+@events.test_start.add_listener
+def _configure(environment: Any, **_: Any) -> None:
+    global PAYLOAD, EXPECTED
+    _ensure_settings(environment)
+    PAYLOAD = _payload()
+    EXPECTED = load_arrays(SETTINGS.expect) if SETTINGS.expect else None
+
+
+def _settings_from(environment: Any) -> Settings:
+    """The run's settings from Locust's options: --host grpc://HOST:PORT or http://HOST:PORT."""
+    options = environment.parsed_options
+    scheme, separator, address = (environment.host or "").partition("://")
+    if not separator or scheme not in ("grpc", "http") or not address.strip("/"):
+        raise ValueError(
+            f"--host {environment.host!r} names no Triton server: give grpc://HOST:PORT or http://HOST:PORT "
+            f"(make serve's: grpc://{server_url('grpc')})"
+        )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Settings(
+        url=address.strip("/"),
+        model=options.triton_model,
+        protocol=scheme,  # type: ignore[arg-type]
+        batch=options.triton_batch,
+        step_users=options.step_users,
+        step_seconds=options.step_seconds,
+        steps=options.steps,
+        report_dir=Path(options.triton_report_dir or f"reports/locust-{options.triton_model}-{stamp}").resolve(),
+    )
 
 
 def _payload() -> dict[str, NDArray[Any]]:
@@ -45,8 +129,6 @@ def _payload() -> dict[str, NDArray[Any]]:
         return generated_payload(client.metadata(SETTINGS.model), SETTINGS.batch, batching)
 
 
-PAYLOAD = _payload()
-EXPECTED = load_arrays(SETTINGS.expect) if SETTINGS.expect else None
 _EXIT_GRACE_S = 5.0
 _hang_report: TextIO | None = None
 
@@ -99,6 +181,8 @@ class StepShape(LoadTestShape):
         self.step = -1
 
     def tick(self) -> tuple[int, float] | None:
+        assert self.runner is not None  # set by Locust before the first tick
+        _ensure_settings(self.runner.environment)
         step = int(self.get_run_time() // SETTINGS.step_seconds)
         if step != self.step:
             _snapshot(step)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,10 @@ def test_an_http_run_against_an_ensemble(triton: EmbeddedTriton, tmp_path: Path)
     for name, member in members.items():
         assert abs(member["inferences"] - step["server"]["requests"]) <= 2, name
         assert member["executions"] <= member["inferences"] and member["compute_infer_us"] > 0, name
-        assert f"   {name}: {member['inferences']:.0f} inferences in {member['executions']:.0f} executions" in result.stdout
+        assert (
+            f"   {name}: {member['inferences']:.0f} inferences in {member['executions']:.0f} executions"
+            in result.stdout
+        )
 
 
 def test_an_impossible_threshold_fails_the_run(triton: EmbeddedTriton, tmp_path: Path) -> None:
@@ -285,3 +289,68 @@ def test_a_report_folder_in_use_is_refused_unless_overwritten(triton: EmbeddedTr
     replaced = loadtest(*args, "--report-dir", str(report), "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     assert not (report / "stale.csv").exists() and len(summary_of(report)["steps"]) == 1
+
+
+def plain_locust(*args: str, **popen: object) -> subprocess.Popen[str]:
+    """Locust started on the locustfile by hand, with only its own options (no runner settings)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_LOADTEST_SETTINGS"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", *args],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,  # type: ignore[arg-type]
+    )
+
+
+def test_plain_locust_runs_headless_from_its_own_options(triton: EmbeddedTriton, tmp_path: Path) -> None:
+    process = plain_locust(
+        "--headless", "--host", f"grpc://{triton.grpc_url}", "--triton-model", "text_encoder", "--steps", "2",
+        "--step-users", "2", "--step-seconds", "2", "--triton-report-dir", str(tmp_path), "--csv", str(tmp_path / "locust"),
+    )  # fmt: skip
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output[-2000:]
+    snapshots = (tmp_path / "server_stats.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in snapshots] == [0, 1, 2]  # the step shape ran
+    aggregated = next(
+        line for line in (tmp_path / "locust_stats.csv").read_text().splitlines() if ",Aggregated," in line
+    )
+    requests, failures = (int(v) for v in aggregated.split(",")[2:4])
+    assert requests > 0 and failures == 0
+
+
+def test_plain_locust_refuses_a_host_that_names_no_triton_server(tmp_path: Path) -> None:
+    process = plain_locust("--headless", "--host", "localhost:8001", "-t", "1s")
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert "error: --host 'localhost:8001' names no Triton server: give grpc://HOST:PORT or http://HOST:PORT" in output
+    assert "Traceback" not in output
+
+
+def test_plain_locust_serves_its_web_ui_on_loopback_and_loads_from_it(triton: EmbeddedTriton, tmp_path: Path) -> None:
+    port = free_port()
+    process = plain_locust(
+        "--web-port", str(port), "--host", f"grpc://{triton.grpc_url}", "--triton-model", "text_encoder",
+        "--steps", "1", "--step-users", "2", "--step-seconds", "60", "--triton-report-dir", str(tmp_path),
+    )  # fmt: skip
+    ui = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while listening_addresses(port) == set() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert listening_addresses(port) == {"127.0.0.1"}  # not every interface
+        started = urllib.request.urlopen(
+            urllib.request.Request(f"{ui}/swarm", data=b"user_count=2&spawn_rate=2", method="POST"), timeout=10
+        )
+        assert json.load(started)["success"] is True
+        requests = 0
+        while requests == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            stats = json.load(urllib.request.urlopen(f"{ui}/stats/requests", timeout=10))
+            requests = next((s["num_requests"] for s in stats["stats"] if s["name"] == "text_encoder"), 0)
+        assert requests > 0 and stats["fail_ratio"] == 0
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
