@@ -25,7 +25,7 @@ REQUIREMENTS := $(if $(filter gpu,$(RUNTIME)),requirements-gpu.txt,requirements.
 DEPS_HASH := $(shell cat pyproject.toml $(REQUIREMENTS) | sha256sum | cut -c1-16)
 VENV_STAMP := $(VENV)/.deps-$(RUNTIME)-$(DEPS_HASH)
 
-.PHONY: help venv compat build-repo check-repo serve loadtest image k8s-manifests deploy-check test lint format lock clean
+.PHONY: help venv compat build-repo check-repo serve loadtest tune image k8s-manifests deploy-check test lint format lock clean
 
 help: ## list the targets
 	@echo "usage: make <target> [VAR=value]"
@@ -84,6 +84,10 @@ serve: venv ## serve model_repository/ with the embedded Triton server in the fo
 
 loadtest: venv ## load-test a served model with Locust into reports/ (MODEL=, PROTOCOL=grpc|http, URL=, LOADTEST_ARGS=)
 	$(VENV)/bin/triton-kit-loadtest --model $(MODEL) --protocol $(PROTOCOL) $(if $(URL),--url $(URL)) $(LOADTEST_ARGS)
+
+P95_MS ?= 20
+tune: venv ## search MODEL's serving options for the highest rate within a p95 budget (P95_MS=20, TUNE_ARGS="--budget-s 600 --write")
+	$(VENV)/bin/triton-kit-loadtest tune --model $(MODEL) --p95-ms $(P95_MS) --spec $(SPEC) --repo $(REPO) $(if $(URL),--url $(URL)) $(TUNE_ARGS)
 
 KIT_IMAGE ?= triton-model-kit:0.1.0
 image: ## build the kit's CPU serving image, what `docker compose --profile cpu` runs (KIT_IMAGE=, IMAGE_ARGS="--build-arg TORCH=0")

@@ -92,8 +92,10 @@ def classify(exc: InferenceServerException, subject: str, timeout_s: float | Non
     if "request timeout expired" in lowered:
         # The request's own timeout ran out in the server's queue; Triton reports it as UNAVAILABLE.
         return InferenceTimeout(f"{subject}: no answer within {timeout_s}s: {message}")
-    # Unavailability before timeouts: a refused connection must never read as a timeout.
-    if code in ("UNAVAILABLE", "503") or (generic and any(hint in lowered for hint in _UNAVAILABLE_HINTS)):
+    # Unavailability before timeouts: a refused connection must never read as a timeout. A stopping
+    # server cancels the gRPC calls it still holds (CANCELLED, seen in a rolling restart under
+    # load); the kit never cancels a call itself, so that too is the server going away.
+    if code in ("UNAVAILABLE", "503", "CANCELLED") or (generic and any(hint in lowered for hint in _UNAVAILABLE_HINTS)):
         if _QUEUE_FULL in lowered:
             return ServerOverloaded(f"{subject}: queue full, refused: {message}")
         return ServerUnavailable(f"{subject}: server unavailable: {message}")

@@ -194,12 +194,12 @@ class AsyncTritonClient(ClientBase):
         )
         return stats
 
-    async def load_model(self, model: str, *, timeout_s: float | None = None) -> None:
+    async def load_model(self, model: str, *, config: str | None = None, timeout_s: float | None = None) -> None:
         """Load (or reload) `model`; arguments and errors as `TritonClient.load_model`."""
         self._forget(model)
         deadline = self._load_timeout(timeout_s)
         await self.retry.run_async(
-            lambda: self._call("load_model", model, model=model, deadline_s=deadline, loading=True)
+            lambda: self._call("load_model", model, config=config, model=model, deadline_s=deadline, loading=True)
         )
 
     async def unload_model(self, model: str, *, timeout_s: float | None = None) -> None:

@@ -200,11 +200,13 @@ class TritonClient(ClientBase):
         )
         return stats
 
-    def load_model(self, model: str, *, timeout_s: float | None = None) -> None:
+    def load_model(self, model: str, *, config: str | None = None, timeout_s: float | None = None) -> None:
         """Load (or reload) `model`; the server must run with --model-control-mode=explicit.
 
         Args:
             model: the model's name.
+            config: a model config as JSON, served instead of the repository's config.pbtxt
+                (Triton's load override: the repository's files stay as they are).
             timeout_s: how long to wait; None for the client's timeout or 10 minutes, the longer.
 
         Raises:
@@ -212,7 +214,9 @@ class TritonClient(ClientBase):
         """
         self._forget(model)
         deadline = self._load_timeout(timeout_s)
-        self.retry.run(lambda: self._call("load_model", model, model=model, deadline_s=deadline, loading=True))
+        self.retry.run(
+            lambda: self._call("load_model", model, config=config, model=model, deadline_s=deadline, loading=True)
+        )
 
     def unload_model(self, model: str, *, timeout_s: float | None = None) -> None:
         """Unload `model` (explicit model control mode); `timeout_s` as for `load_model`."""

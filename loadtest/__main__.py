@@ -40,6 +40,7 @@ from loadtest.openloop import run_open_loop
 from loadtest.payloads import generated_payload, load_arrays, perf_analyzer_data, spec_payload
 from loadtest.report import Thresholds, build_summary, plot_steps, violations
 from loadtest.settings import ENV_VAR, Settings
+from loadtest.tune import Candidate, TuneError, spec_patch, tune
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -52,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["payload"]:
         return payload_main(argv[1:])
+    if argv[:1] == ["tune"]:
+        return tune_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         url = args.url or server_url(args.protocol)
@@ -130,6 +133,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in broken:
         print(f"threshold violated: {line}", file=sys.stderr)
     return 1 if broken else 0
+
+
+def tune_main(argv: Sequence[str]) -> int:
+    """`python -m loadtest tune`: the serving options under which a model sustains the highest
+    open-loop rate within a p95 budget (see loadtest/tune.py); `make tune MODEL=... P95_MS=...`."""
+    parser = argparse.ArgumentParser(prog="python -m loadtest tune", description=tune_main.__doc__)
+    parser.add_argument("--model", required=True, help="an ONNX model of the spec")
+    parser.add_argument("--p95-ms", type=float, required=True, help="the latency budget: p95 at the client")
+    parser.add_argument("--spec", type=Path, default=Path("models.yaml"))
+    parser.add_argument("--repo", type=Path, default=Path("model_repository"), help="what the embedded server serves")
+    parser.add_argument("--url", help="a running server in explicit model-control mode, instead of the embedded one")
+    parser.add_argument("--budget-s", type=float, default=900.0, help="stop trying candidates after this (default 900)")
+    parser.add_argument("--step-seconds", type=float, default=3.0, help="length of each measured rate (default 3)")
+    parser.add_argument("--start-rps", type=float, default=50.0, help="the first rate offered (default 50)")
+    parser.add_argument(
+        "--out", type=Path, help="report folder (default reports/tune-<model>-<time>); reuse it to resume"
+    )
+    parser.add_argument("--write", action="store_true", help="apply the winner's options to the spec file")
+    args = parser.parse_args(argv)
+    out = args.out or Path("reports") / f"tune-{args.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    try:
+        summary = tune(
+            args.spec, args.model, args.p95_ms, out, url=args.url, repository=args.repo, budget_s=args.budget_s,
+            step_seconds=args.step_seconds, start_rps=args.start_rps, log=lambda line: print(line, flush=True),
+        )  # fmt: skip
+    except (TuneError, ClientError, BuildError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    baseline, winner = summary["baseline"], summary["winner"]
+    print(f"baseline: {baseline['sustained_rps']:g} req/s within p95 {args.p95_ms:g} ms ({baseline['label']})")
+    print(
+        f"winner:   {winner['sustained_rps']:g} req/s ({winner['label']})"
+        + (f", {summary['ratio']:.2f}x the baseline" if summary["ratio"] else "")
+    )
+    patch = out / "spec.patch"
+    if not patch.read_text():
+        print(f"the spec's options are the best found: nothing to change (report in {out})")
+    elif args.write:
+        best = Candidate(
+            **winner["candidate"] | {"preferred_batch_size": tuple(winner["candidate"]["preferred_batch_size"])}
+        )
+        patched = spec_patch(args.spec, args.model, best)
+        staged = args.spec.with_name(f".{args.spec.name}.tune")
+        staged.write_text(patched)
+        os.replace(staged, args.spec)
+        print(
+            f"wrote the winner's options into {args.spec} (the change: {patch}); run `make build-repo` to render them"
+        )
+    else:
+        print(
+            f"report in {out}; the change to the spec: {patch} (apply with `patch -p0 < {patch}`, or run again with --write)"
+        )
+    return 0
 
 
 def payload_main(argv: Sequence[str]) -> int:

@@ -32,17 +32,20 @@ def arrivals(rate: float, seconds: float, poisson: bool, rng: np.random.Generato
         gaps = rng.exponential(1.0 / rate, size=int(rate * seconds * 1.5) + 16)
         times: NDArray[np.float64] = np.cumsum(gaps)
         return times[times < seconds]
-    return np.arange(round(rate * seconds)) / rate
+    # Centred in their slots: none falls on a step boundary, where the report splits the steps.
+    return (np.arange(round(rate * seconds)) + 0.5) / rate
 
 
-def run_open_loop(settings: Settings, payload: Mapping[str, NDArray[Any]]) -> dict[str, Any]:
-    """Offer each of `settings.rates` for `settings.step_seconds`; return what the generator did."""
-    return asyncio.run(_Generator(settings, payload).run())
+def run_open_loop(settings: Settings, payload: Mapping[str, NDArray[Any]], *, progress: bool = True) -> dict[str, Any]:
+    """Offer each of `settings.rates` for `settings.step_seconds`; return what the generator did.
+    `progress`: a line as each step starts."""
+    return asyncio.run(_Generator(settings, payload, progress).run())
 
 
 class _Generator:
-    def __init__(self, settings: Settings, payload: Mapping[str, NDArray[Any]]) -> None:
+    def __init__(self, settings: Settings, payload: Mapping[str, NDArray[Any]], progress: bool) -> None:
         self.settings = settings
+        self.progress = progress
         self.payload = dict(payload)
         self.in_flight = 0
         self.sent = 0
@@ -65,11 +68,12 @@ class _Generator:
                     step_start = origin + step * settings.step_seconds
                     await self._sleep_until(step_start)
                     await self._snapshot(client, step, origin_wall + step * settings.step_seconds)
-                    print(
-                        f"  step {step + 1}/{len(settings.rates)}: offering {rate:g} req/s for {settings.step_seconds:g} s"
-                        f"  (so far: sent {self.sent}, in flight {self.in_flight}, dropped {self.dropped})",
-                        flush=True,
-                    )
+                    if self.progress:
+                        print(
+                            f"  step {step + 1}/{len(settings.rates)}: offering {rate:g} req/s for {settings.step_seconds:g} s"
+                            f"  (so far: sent {self.sent}, in flight {self.in_flight}, dropped {self.dropped})",
+                            flush=True,
+                        )
                     for offset in arrivals(rate, settings.step_seconds, settings.poisson, rng):
                         due = step_start + float(offset)
                         await self._sleep_until(due)

@@ -354,3 +354,54 @@ def test_plain_locust_serves_its_web_ui_on_loopback_and_loads_from_it(triton: Em
     finally:
         process.terminate()
         process.communicate(timeout=30)
+
+
+def test_a_bounded_tune_measures_candidates_resumes_and_writes_the_winner_into_the_spec(tmp_path: Path) -> None:
+    # A spec of its own (--write edits it), the tiny model built from it, the embedded server.
+    from builder.pipeline import build_repository
+    from builder.spec import OnnxModelSpec, load_spec
+    from loadtest.tune import Candidate
+    from tests.conftest import linear_model
+
+    spec = tmp_path / "models.yaml"
+    spec.write_text(
+        "# the tune test's spec\nmodels:\n" + "\n".join("  " + line for line in yaml_lines(linear_model())) + "\n"
+    )
+    build_repository(spec, tmp_path / "repo", target="cpu", log=lambda _: None)
+    out = tmp_path / "tune"
+    args = ["tune", "--model", "linear", "--p95-ms", "50", "--spec", str(spec), "--repo", str(tmp_path / "repo"),
+            "--budget-s", "25", "--step-seconds", "1", "--start-rps", "100", "--out", str(out)]  # fmt: skip
+    first = loadtest(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    summary = json.loads((out / "tune.json").read_text())
+    measured = [json.loads(line) for line in (out / "tune.jsonl").read_text().splitlines()]
+    assert summary["baseline"]["label"] == measured[0]["label"] and summary["baseline"]["sustained_rps"] >= 100
+    assert len(measured) >= 2 and summary["candidates"] == len(measured)
+    # Each candidate's rate is one it held: answered in full within the budget.
+    for result in measured:
+        held = [t for t in result["trials"] if t["held"]]
+        assert result["sustained_rps"] == (round(max(t["offered_rps"] for t in held), 1) if held else 0.0)
+        assert all(t["p95_ms"] <= 50 for t in held)
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG" and (out / "tune.csv").read_text().count("\n") == len(
+        measured
+    ) + 1
+    # Run again on the same folder: what was measured is not measured again.
+    again = loadtest(*args, "--write")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{measured[0]['label']}: measured before" in again.stdout
+    winner = json.loads((out / "tune.json").read_text())["winner"]
+    model = load_spec(spec).model("linear")
+    assert isinstance(model, OnnxModelSpec)
+    expected = Candidate(
+        **{**winner["candidate"], "preferred_batch_size": tuple(winner["candidate"]["preferred_batch_size"])}
+    )
+    assert Candidate.of(model) == expected
+    assert spec.read_text().startswith("# the tune test's spec\n")  # comments kept
+    if winner["label"] != summary["baseline"]["label"]:
+        assert "wrote the winner's options into" in again.stdout and (out / "spec.patch").read_text().startswith("---")
+
+
+def yaml_lines(entry: dict) -> list[str]:
+    import yaml
+
+    return yaml.safe_dump([entry], sort_keys=False).splitlines()

@@ -84,6 +84,7 @@ GRPC_AND_HTTP_ERRORS = [
     ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", ServerOverloaded),
     ("503", "Exceeds maximum queue size", ServerOverloaded),
     ("StatusCode.UNAVAILABLE", "Server is stopping", ServerUnavailable),
+    ("StatusCode.CANCELLED", "CANCELLED", ServerUnavailable),  # a stopping server's calls in flight
     ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", InferenceTimeout),
     ("StatusCode.UNAVAILABLE", "Request timeout expired", InferenceTimeout),  # the request's own, in the queue
     ("StatusCode.INVALID_ARGUMENT", "input 'ids' not found in the request", InvalidInput),
