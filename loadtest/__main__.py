@@ -165,7 +165,12 @@ def tune_main(argv: Sequence[str]) -> int:
     print(f"baseline: {baseline['sustained_rps']:g} req/s within p95 {args.p95_ms:g} ms ({baseline['label']})")
     print(
         f"winner:   {winner['sustained_rps']:g} req/s ({winner['label']})"
-        + (f", {summary['ratio']:.2f}x the baseline" if summary["ratio"] else "")
+        + (
+            f", {summary['ratio']:.2f}x the baseline (medians of {len(summary['confirmation']['baseline']['rps'])} "
+            "measurements each, in turns)"
+            if summary["ratio"]
+            else ""
+        )
     )
     patch = out / "spec.patch"
     if not patch.read_text():
