@@ -219,7 +219,8 @@ def _median(values: list[float]) -> float:
 
 
 def spec_patch(spec_path: Path, model_name: str, candidate: Candidate) -> str:
-    """The spec file with `candidate`'s options for the model, as text: comments and layout kept."""
+    """The spec file with `candidate`'s options for the model, as text: comments kept, laid out as
+    models.yaml is (a spec laid out otherwise comes back re-indented)."""
     from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
 

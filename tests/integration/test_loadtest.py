@@ -361,21 +361,18 @@ def test_a_bounded_tune_measures_candidates_resumes_and_writes_the_winner_into_t
     from builder.pipeline import build_repository
     from builder.spec import OnnxModelSpec, load_spec
     from loadtest.tune import Candidate
-    from tests.conftest import linear_model
 
     spec = tmp_path / "models.yaml"
-    spec.write_text(
-        "# the tune test's spec\nmodels:\n" + "\n".join("  " + line for line in yaml_lines(linear_model())) + "\n"
-    )
+    spec.write_text(TUNE_SPEC)
     build_repository(spec, tmp_path / "repo", target="cpu", log=lambda _: None)
     out = tmp_path / "tune"
     args = ["tune", "--model", "linear", "--p95-ms", "50", "--spec", str(spec), "--repo", str(tmp_path / "repo"),
-            "--budget-s", "25", "--step-seconds", "1", "--start-rps", "100", "--out", str(out)]  # fmt: skip
+            "--budget-s", "40", "--step-seconds", "1", "--start-rps", "1000", "--out", str(out)]  # fmt: skip
     first = loadtest(*args)
     assert first.returncode == 0, first.stdout + first.stderr
     summary = json.loads((out / "tune.json").read_text())
     measured = [json.loads(line) for line in (out / "tune.jsonl").read_text().splitlines()]
-    assert summary["baseline"]["label"] == measured[0]["label"] and summary["baseline"]["sustained_rps"] >= 100
+    assert summary["baseline"]["label"] == measured[0]["label"] and summary["baseline"]["sustained_rps"] > 0
     assert len(measured) >= 2 and summary["candidates"] == len(measured)
     # Each candidate's rate is one it held: answered in full within the budget.
     for result in measured:
@@ -416,7 +413,15 @@ def test_a_bounded_tune_measures_candidates_resumes_and_writes_the_winner_into_t
         assert changed and all(any(key in line for key in keys) for line in changed), changed
 
 
-def yaml_lines(entry: dict) -> list[str]:
-    import yaml
-
-    return yaml.safe_dump([entry], sort_keys=False).splitlines()
+# tests.tiny_models:linear, laid out as models.yaml is (the layout --write keeps).
+TUNE_SPEC = """\
+# the tune test's spec
+models:
+  - name: linear
+    source: tests.tiny_models:linear        # [N, 4] -> [N, 3]
+    max_batch_size: 8
+    inputs:
+      - {name: x, dtype: TYPE_FP32, dims: [4]}
+    outputs:
+      - {name: y, dtype: TYPE_FP32, dims: [3]}
+"""
