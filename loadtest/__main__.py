@@ -40,7 +40,7 @@ from loadtest.openloop import run_open_loop
 from loadtest.payloads import generated_payload, load_arrays, perf_analyzer_data, spec_payload
 from loadtest.report import Thresholds, build_summary, plot_steps, violations
 from loadtest.settings import ENV_VAR, Settings
-from loadtest.tune import Candidate, TuneError, spec_patch, tune
+from loadtest.tune import TuneError, tune
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -157,6 +157,7 @@ def tune_main(argv: Sequence[str]) -> int:
         summary = tune(
             args.spec, args.model, args.p95_ms, out, url=args.url, repository=args.repo, budget_s=args.budget_s,
             step_seconds=args.step_seconds, start_rps=args.start_rps, log=lambda line: print(line, flush=True),
+            write=args.write,
         )  # fmt: skip
     except (TuneError, ClientError, BuildError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -175,14 +176,7 @@ def tune_main(argv: Sequence[str]) -> int:
     patch = out / "spec.patch"
     if not patch.read_text():
         print(f"the spec's options are the best found: nothing to change (report in {out})")
-    elif args.write:
-        best = Candidate(
-            **winner["candidate"] | {"preferred_batch_size": tuple(winner["candidate"]["preferred_batch_size"])}
-        )
-        patched = spec_patch(args.spec, args.model, best)
-        staged = args.spec.with_name(f".{args.spec.name}.tune")
-        staged.write_text(patched)
-        os.replace(staged, args.spec)
+    elif summary["written"]:
         print(
             f"wrote the winner's options into {args.spec} (the change: {patch}); run `make build-repo` to render them"
         )

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from loadtest.snapshots import FILENAME as SNAPSHOTS
+
 __all__ = ["DROPPED", "FAILED", "OK", "REJECTED", "Thresholds", "build_summary", "knee", "plot_steps", "violations"]
 
 # The outcome column of the request logs: answered, failed, refused by a full queue, or (open loop)
@@ -41,7 +43,7 @@ def build_summary(report_dir: Path, run: dict[str, Any]) -> dict[str, Any]:
     comes back fast and would flatter both (as perf_analyzer, which leaves them out too).
     """
     snapshots = sorted(
-        (json.loads(line) for line in (report_dir / "server_stats.jsonl").read_text().splitlines() if line.strip()),
+        (json.loads(line) for line in (report_dir / SNAPSHOTS).read_text().splitlines() if line.strip()),
         key=lambda s: s["step"],
     )
     times, latencies, outcomes = _requests(report_dir)

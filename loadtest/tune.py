@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import io
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from google.protobuf import json_format
@@ -125,8 +127,10 @@ def tune(
     step_seconds: float = 3.0,
     start_rps: float = 50.0,
     log: Any = print,
+    write: bool = False,
 ) -> dict[str, Any]:
-    """Search `model_name`'s serving options; write the report to `out`; return its summary.
+    """Search `model_name`'s serving options; write the report to `out` (and with `write`, the
+    winner's options into the spec file); return the report's summary.
 
     Raises:
         TuneError: the model is not an ONNX model of the spec, or no server could serve it.
@@ -195,27 +199,10 @@ def tune(
                     log(f"confirming {name} ({round_ + 1}/{CONFIRMATIONS}): {candidate.label}")
                     rates[name].append(measure(candidate, start_rps, again=True).sustained_rps)
                     log(f"  -> {rates[name][-1]:g} req/s")
-            if _median(rates["winner"]) < CONFIRMED * _median(rates["baseline"]):
+            if median(rates["winner"]) < CONFIRMED * median(rates["baseline"]):
                 log("the winner did not beat the spec's options beyond the noise: the spec's options stand")
                 best, best_result = baseline, done[baseline.label]
-    summary = _report(
-        out, spec_path, model, baseline, done[baseline.label], best, best_result, p95_ms, list(done.values())
-    )
-    summary["confirmation"] = {name: {"rps": values, "median": _median(values)} for name, values in rates.items()}
-    baseline_median = _median(rates["baseline"])
-    summary["ratio"] = (
-        round(_median(rates["winner"] if best != baseline else rates["baseline"]) / baseline_median, 3)
-        if baseline_median
-        else None
-    )
-    (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return _report(out, spec_path, model, baseline, best, best_result, p95_ms, list(done.values()), rates, write)
 
 
 def spec_patch(spec_path: Path, model_name: str, candidate: Candidate) -> str:
@@ -349,7 +336,7 @@ def _server(url: str | None, repository: Path, model: str) -> Iterator[str]:
     if url is not None:
         yield url
         return
-    from server.embedded import EmbeddedTriton, ServerError
+    from server.embedded import EmbeddedTriton, ServerError, free_port
 
     if not (repository / model / "config.pbtxt").is_file():
         raise TuneError(f"{repository} has no model {model!r}: build it first (make build-repo)")
@@ -359,9 +346,9 @@ def _server(url: str | None, repository: Path, model: str) -> Iterator[str]:
         repository=repository,
         backend_dir=workdir / "backends",
         model_control_mode="explicit",
-        http_port=_free_port(),
-        grpc_port=_free_port(),
-        metrics_port=_free_port(),
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
         log_file=workdir / "triton.log",
     )
     try:
@@ -375,36 +362,31 @@ def _server(url: str | None, repository: Path, model: str) -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _report(
     out: Path,
     spec_path: Path,
     model: OnnxModelSpec,
     baseline: Candidate,
-    baseline_result: Measured,
     best: Candidate,
     best_result: Measured,
     p95_ms: float,
     results: list[Measured],
+    rates: dict[str, list[float]],
+    write: bool,
 ) -> dict[str, Any]:
-    ratio = best_result.sustained_rps / baseline_result.sustained_rps if baseline_result.sustained_rps else None
+    baseline_result = next(r for r in results if r.label == baseline.label)
+    baseline_median = median(rates["baseline"])
+    winner_median = median(rates["winner"] if best != baseline else rates["baseline"])
     summary = {
         "model": model.name,
         "p95_budget_ms": p95_ms,
         "baseline": asdict(baseline_result),
         "winner": asdict(best_result),
-        "ratio": round(ratio, 3) if ratio else None,
+        "confirmation": {name: {"rps": values, "median": median(values)} for name, values in rates.items()},
+        "ratio": round(winner_median / baseline_median, 3) if baseline_median else None,
         "candidates": len(results),
+        "written": False,
     }
-    (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")
     with (out / "tune.csv").open("w") as table:
         table.write("candidate,sustained_rps,p95_ms,trials,seconds\n")
         for result in sorted(results, key=lambda r: -r.sustained_rps):
@@ -418,6 +400,12 @@ def _report(
             difflib.unified_diff(original.splitlines(True), patched.splitlines(True), str(spec_path), str(spec_path))
         )
     )
+    if write and patched != original:
+        staged = spec_path.with_name(f".{spec_path.name}.tune")
+        staged.write_text(patched)
+        os.replace(staged, spec_path)  # whole, or not at all
+        summary["written"] = True
+    (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")
     _pareto_plot(results, best_result, baseline_result, p95_ms, out / "pareto.png", model.name)
     return summary
 

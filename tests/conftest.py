@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from server.embedded import free_port as free_port  # the tests take it from here
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,10 +58,3 @@ def snapshot(root: Path) -> dict[str, str]:
         for path in sorted(root.rglob("*"))
         if path.is_file()
     }
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
