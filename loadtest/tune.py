@@ -8,7 +8,8 @@ stay as built. After a short unmeasured warm-up, the open-loop generator measure
 rates, x1.5 while the budget holds (coarse; the first rate twice before giving up on it), then by
 bisection between the last rate held and the first missed (fine); its result is
 the highest rate held. The search starts from the spec's own options (the baseline, measured in
-the same run) and changes one option at a time, keeping each improvement (coordinate descent),
+the same run) and changes one option at a time (instances and threads together: `moves`),
+keeping each improvement (coordinate descent),
 until every option was tried or the time budget is spent. Each measured candidate is appended to
 `<out>/tune.jsonl` at once: a search run again with the same folder resumes where it stopped.
 """
@@ -41,13 +42,21 @@ from loadtest.settings import Settings
 
 __all__ = ["Candidate", "TuneError", "spec_patch", "tune"]
 
-# What each option is tried at, in the order the search tries them.
-OPTIONS: dict[str, tuple[Any, ...]] = {
-    "instances": (1, 2, 3),
-    "max_queue_delay_us": (0, 500, 2000, 5000),
-    "intra_op_threads": (1, 2, 4),
-    "preferred_batch_size": ((), (4, 8), (8, 16)),
-}
+def moves(cores: int) -> list[tuple[str, list[dict[str, Any]]]]:
+    """What the search tries, option by option, in order. Instances and ONNX Runtime's intra-op
+    threads compete for the same cores, so they move together: the pairs that fill the cores
+    exactly first, more instances before more threads (an instance that waits on its own
+    batch leaves the cores to another)."""
+    threads = [t for t in (1, 2, 4, 8, 16) if t <= cores]
+    pairs = [(i, t) for i in (1, 2, 3, 4) for t in threads if cores / 2 <= i * t <= cores * 1.5]
+    pairs.sort(key=lambda pair: (abs(pair[0] * pair[1] - cores), -pair[0]))
+    return [
+        ("instances x threads", [{"instances": i, "intra_op_threads": t} for i, t in pairs]),
+        ("max_queue_delay_us", [{"max_queue_delay_us": us} for us in (0, 500, 2000, 5000)]),
+        ("preferred_batch_size", [{"preferred_batch_size": sizes} for sizes in ((), (4, 8), (8, 16))]),
+    ]
+
+
 GROWTH = 1.5
 BISECTIONS = 2
 WARMUP_S = 2.0
@@ -173,12 +182,12 @@ def tune(
         log(f"baseline (the spec's options): {baseline.label}")
         best, best_result = baseline, measure(baseline, start_rps)
         log(f"  -> {best_result.sustained_rps:g} req/s within p95 {p95_ms:g} ms")
-        for option, values in OPTIONS.items():
-            for value in values:
+        for _option, changes in moves(len(os.sched_getaffinity(0))):
+            for change in changes:
                 if time.monotonic() > deadline:
                     log("time budget spent: the search stops here (run it again with the same --out to go on)")
                     break
-                candidate = Candidate(**{**asdict(best), option: value})
+                candidate = Candidate(**{**asdict(best), **change})
                 if candidate == best:
                     continue
                 log(f"trying {candidate.label}")

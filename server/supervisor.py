@@ -36,7 +36,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
 
@@ -59,6 +60,7 @@ ADMIN_HEADER = "admin-key"
 STUB = "triton_python_backend_stub"
 _INSTANCE_ARG = 8
 _INSTANCE = re.compile(r"(.+)_\d+_\d+")
+_GROUP = re.compile(r"(.+)_\d+")  # an instance stub's group: Triton names instances <group>_<index>
 """Where the stub's command line names what it serves, in Triton 2.51."""
 
 
@@ -91,9 +93,21 @@ def stub_processes(group: int, proc: Path = Path("/proc")) -> dict[int, str]:
     return stubs
 
 
+def at_full_strength(config: str, living: Iterable[str]) -> bool:
+    """Whether every instance group of the served `config` (JSON) has as many `living` stubs as
+    its count: then a stub that left was retired by a reload (Triton 2.51 adds and removes
+    instances in place when only the groups change), not lost."""
+    try:
+        groups = {group["name"]: int(group.get("count", 1)) for group in json.loads(config).get("instance_group", [])}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+    alive = Counter(match.group(1) for name in living if (match := _GROUP.fullmatch(name)))
+    return bool(groups) and all(alive[name] >= count for name, count in groups.items())
+
+
 def model_of(instance: str) -> str:
     """The model a stub serves: Triton names instance stubs `<model>_<group>_<index>`, and the
-    stub it keeps per model (for the model's own config) after the model."""
+    short-lived stub that completes a loading model's config after the model."""
     match = _INSTANCE.fullmatch(instance)
     return match.group(1) if match else instance
 
@@ -134,8 +148,14 @@ class StubSupervisor(threading.Thread):
         while not self._stopping.wait(self.interval_s):
             current = stub_processes(self.group)
             lost: dict[str, list[str]] = {}
+            living = set(current.values())
             for pid, instance in known.items():
-                if pid not in current:
+                # A reload (the supervisor's, or a load request with a new config) starts the new
+                # instances before it retires the old: a stub whose instance lives on under a new
+                # process was retired, not killed, and reloading then would race the load request
+                # and could serve the config it replaced. The stub a load starts to complete the
+                # model's config (named as the model) exits by design once that is done.
+                if pid not in current and instance not in living and _INSTANCE.fullmatch(instance):
                     lost.setdefault(model_of(instance), []).append(instance)
             for model, instances in lost.items():
                 if self._stopping.is_set():
@@ -148,11 +168,13 @@ class StubSupervisor(threading.Thread):
             known = current
 
     def _recover(self, model: str, instances: list[str]) -> None:
-        self.log(f"stub process of {', '.join(sorted(instances))} died: reloading model '{model}'")
         started = time.monotonic()
         entry: dict[str, object] = {"model": model, "instances": sorted(instances)}
         try:
             config = self._request("GET", f"/v2/models/{model}/config")
+            if at_full_strength(config, stub_processes(self.group).values()):
+                return  # a load request changed the model's instances
+            self.log(f"stub process of {', '.join(sorted(instances))} died: reloading model '{model}'")
             # An unchanged model is not reloaded; one given its own config as an override is.
             self._request("POST", f"/v2/repository/models/{model}/load", {"parameters": {"config": config}})
         except OSError as exc:

@@ -101,6 +101,28 @@ def test_a_killed_backend_process_costs_no_request_of_a_retrying_client(tmp_path
     assert "[kit supervisor]" in log and "died: reloading model 'linear'" in log
 
 
+def test_a_reload_with_a_new_config_is_not_mistaken_for_dead_stubs(tmp_path: Path) -> None:
+    """A load request with a config override retires the old instances' stubs: the supervisor
+    leaves them be, so the new config stays served (reloading would race it back to the old one)."""
+    repo = build_entries(tmp_path, linear_model(dynamic_batching={"max_queue_delay_microseconds": 500}))
+    server = make_server(repo, tmp_path)
+    server.start(timeout_s=240)
+    try:
+        with TritonClient(server.grpc_url, timeout_s=60) as client:
+            config = client.config("linear")
+            for count in (3, 1, 2):
+                config["instance_group"][0]["count"] = count
+                client.load_model("linear", config=json.dumps(config))
+                time.sleep(2.0)  # several supervisor scans after the old stubs left
+                served = client.config("linear")["instance_group"][0]["count"]
+                instances = [n for n in stub_processes(server.pid or 0).values() if n.startswith("linear_")]
+                assert (served, len(instances)) == (count, count), (count, served, instances, server.reloads)
+                assert client.infer("linear", {"x": X})
+    finally:
+        server.stop()
+    assert server.reloads == []
+
+
 def test_a_model_unloading_in_a_drain_is_answered_as_unavailable_and_in_flight_work_finishes(
     tmp_path: Path,
 ) -> None:

@@ -1,0 +1,163 @@
+"""Benchmark: what a bounded queue costs one ONNX model on Triton 2.51, and what avoids it, side
+by side in one run.
+
+    make build-repo && .venv/bin/python bench/queue_stall.py [--model text_encoder] [--seconds 10]
+        [--concurrency 1 8]
+
+Why: any `default_queue_policy` (a bound, a timeout, a timeout override) turns off Triton's
+payload prefetching, and then 2.51's dynamic batcher waits, with a 500 ms timeout, for an instance
+to report itself free. That wake-up can be lost (the instance frees itself between the batcher's
+check and its wait), and a queue behind a lone instance then stands still until the timeout or the
+next arrival: closed-loop clients, which send nothing while they wait, see 500 ms stalls. With a
+second instance, one is usually parked free and the check succeeds.
+
+The model is served in three forms, one server each, from copies of the built repository:
+- as built (the spec's instances and threads, with the kit's bounded queue);
+- without the queue policy (Triton's unbounded default, prefetching on);
+- with the bounded queue and `--instances` instances of one intra-op thread each.
+Each is measured with the kit's closed loop (`python -m loadtest --steps 1`) at every
+`--concurrency`. Results go to bench/results/queue_stall.json; quote the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.gpu import embedded  # noqa: E402
+from bench.overload import QUEUE_POLICY  # noqa: E402
+from clients import TritonClient  # noqa: E402
+
+THREADS = re.compile(r'(parameters \{ key: "intra_op_thread_count" value: \{ string_value: ")\d+(" \} \})')
+CPU_COUNT = re.compile(r"(  kind: KIND_CPU\n  count: )\d+\n")
+
+
+def variant(repo: Path, model: str, scratch: Path, form: str, instances: int) -> Path:
+    """A repository holding only `model`, in `form`: as-built, unbounded or instances."""
+    shutil.copytree(repo / model, scratch / model, symlinks=True)
+    config = scratch / model / "config.pbtxt"
+    text = config.read_text()
+    if form == "unbounded":
+        text = QUEUE_POLICY.sub("", text)
+    elif form == "instances":
+        if not CPU_COUNT.search(text):
+            raise SystemExit(f"error: {model} has no KIND_CPU instance group to change: build with TARGET=cpu")
+        text = CPU_COUNT.sub(rf"\g<1>{instances}\n", text)
+        text = THREADS.sub(r"\g<1>1\g<2>", text) if THREADS.search(text) else text + (
+            'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
+        )
+    config.write_text(text)
+    return scratch
+
+
+def closed_loop(model: str, url: str, users: int, seconds: float, report: Path) -> dict[str, Any]:
+    subprocess.run(
+        [sys.executable, "-m", "loadtest", "--model", model, "--url", url, "--steps", "1", "--step-users",
+         str(users), "--step-seconds", str(seconds), "--report-dir", str(report)],
+        cwd=ROOT, check=True, capture_output=True,
+    )  # fmt: skip
+    step = json.loads((report / "summary.json").read_text())["steps"][0]
+    server = step["server"] or {}
+    return {
+        "rps": round(step["rps"], 1),
+        "p50_ms": step["p50_ms"],
+        "p95_ms": step["p95_ms"],
+        "p99_ms": step["p99_ms"],
+        "over_400_ms": sum(1 for line in _latencies(report) if line > 400),
+        "server_queue_us": server.get("queue_us"),
+        "avg_batch": server.get("avg_batch_size"),
+    }
+
+
+def _latencies(report: Path) -> list[float]:
+    values = []
+    for log in report.glob("requests-*.csv"):
+        for line in log.read_text().splitlines():
+            fields = line.split(",")
+            if len(fields) >= 2 and fields[1].replace(".", "", 1).isdigit():
+                values.append(float(fields[1]))
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="text_encoder")
+    parser.add_argument("--repo", type=Path, default=ROOT / "model_repository")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--instances", type=int, default=2, help="instances of the third form (default 2)")
+    args = parser.parse_args()
+    if not (args.repo / args.model / "config.pbtxt").is_file():
+        raise SystemExit(f"error: {args.repo} has no model {args.model!r}: run `make build-repo` first")
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for form in ("as_built", "unbounded", "instances"):
+            scratch = Path(tmp) / form
+            repo = variant(args.repo, args.model, scratch / "repo", form, args.instances)
+            config = (repo / args.model / "config.pbtxt").read_text()
+            server = embedded(repo, scratch / "triton.log")
+            server.start(timeout_s=180)
+            try:
+                with TritonClient(server.grpc_url, timeout_s=30) as client:
+                    client.wait_until_ready(model=args.model, timeout_s=120)
+                figures = {}
+                for users in args.concurrency:
+                    print(f"{form}: concurrency {users}", flush=True)
+                    figures[f"c{users}"] = closed_loop(
+                        args.model, server.grpc_url, users, args.seconds, scratch / f"report-{users}"
+                    )
+            finally:
+                server.stop()
+            results[form] = {
+                "queue_policy": "default_queue_policy" in config,
+                "instances": int(m.group(0).split()[-1]) if (m := CPU_COUNT.search(config)) else None,
+                "intra_op_threads": int(m.group(0).split('"')[-2]) if (m := THREADS.search(config)) else None,
+                **figures,
+            }
+    for users in args.concurrency:
+        key = f"c{users}"
+        base = results["as_built"][key]["rps"] or float("nan")
+        for form in ("unbounded", "instances"):
+            results[form][key]["rps_vs_as_built"] = round(results[form][key]["rps"] / base, 2)
+    record = {
+        "benchmark": "queue_stall",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, cores: {len(os.sched_getaffinity(0))}, kernel {platform.release()}",
+        "server": "embedded Triton 2.51 (nvidia-pytriton)",
+        "model": args.model,
+        "seconds": args.seconds,
+        "generator": "the kit's closed loop (python -m loadtest, Locust), gRPC",
+        "results": results,
+    }
+    out = ROOT / "bench" / "results" / "queue_stall.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    for form, figures in results.items():
+        print(
+            f"{form:>10} (queue policy {figures['queue_policy']}, instances {figures['instances']}, "
+            f"threads {figures['intra_op_threads']}):"
+        )
+        for users in args.concurrency:
+            row = figures[f"c{users}"]
+            print(
+                f"    c{users}: {row['rps']:.0f} req/s  p50 {row['p50_ms']:.1f}  p95 {row['p95_ms']:.1f}  "
+                f"p99 {row['p99_ms']:.1f} ms  over 400 ms: {row['over_400_ms']}"
+                + (f"  ({row['rps_vs_as_built']}x as built)" if "rps_vs_as_built" in row else "")
+            )
+    print(f"recorded in {out}")
+
+
+if __name__ == "__main__":
+    main()
