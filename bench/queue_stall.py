@@ -56,8 +56,10 @@ def variant(repo: Path, model: str, scratch: Path, form: str, instances: int) ->
         if not CPU_COUNT.search(text):
             raise SystemExit(f"error: {model} has no KIND_CPU instance group to change: build with TARGET=cpu")
         text = CPU_COUNT.sub(rf"\g<1>{instances}\n", text)
-        text = THREADS.sub(r"\g<1>1\g<2>", text) if THREADS.search(text) else text + (
-            'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
+        text = (
+            THREADS.sub(r"\g<1>1\g<2>", text)
+            if THREADS.search(text)
+            else text + ('parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n')
         )
     config.write_text(text)
     return scratch

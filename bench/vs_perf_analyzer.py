@@ -59,7 +59,10 @@ def perf_analyzer() -> tuple[Path, dict[str, str]]:
         raise Unavailable(f"perf_analyzer's wheel is built for x86_64 only; this machine is {platform.machine()}")
     home = CACHE / f"perf_analyzer-{PERF_ANALYZER_VERSION}"
     binary, libs = home / "perf_analyzer", home / "lib"
-    env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(libs), os.environ.get("LD_LIBRARY_PATH")]))}
+    env = {
+        **os.environ,
+        "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(libs), os.environ.get("LD_LIBRARY_PATH")])),
+    }
     if not binary.exists():
         _install(home)
     missing = [line.split()[0] for line in _run(["ldd", str(binary)], env).splitlines() if "not found" in line]
@@ -84,7 +87,9 @@ def _install(home: Path) -> None:
         ]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
-            raise Unavailable(f"pip could not download perf_analyzer's wheels (is PyPI reachable?): {done.stderr[-400:]}")
+            raise Unavailable(
+                f"pip could not download perf_analyzer's wheels (is PyPI reachable?): {done.stderr[-400:]}"
+            )
         staging = Path(tmp) / "home"
         (staging / "lib").mkdir(parents=True)
         for wheel in Path(tmp).glob("*.whl"):
@@ -236,13 +241,21 @@ def main() -> int:
                                   work / f"pa-closed-{round_}.txt")
             )  # fmt: skip
             closed["kit"].append(
-                run_kit(args, url, ["--steps", "1", "--step-users", str(args.concurrency)], work / f"kit-closed-{round_}")
+                run_kit(
+                    args, url, ["--steps", "1", "--step-users", str(args.concurrency)], work / f"kit-closed-{round_}"
+                )
             )
         opened: dict[str, Any] = {"perf_analyzer": {}, "kit": {}}
         for rate in args.rates:
             print(f"open loop: {rate:g} req/s", flush=True)
             opened["perf_analyzer"][f"{rate:g}"] = run_perf_analyzer(
-                binary, env, args, url, data, ["--request-rate-range", f"{rate:g}", "--async"], work / f"pa-open-{rate:g}.txt"
+                binary,
+                env,
+                args,
+                url,
+                data,
+                ["--request-rate-range", f"{rate:g}", "--async"],
+                work / f"pa-open-{rate:g}.txt",
             )
             opened["kit"][f"{rate:g}"] = run_kit(args, url, ["--rate", f"{rate:g}"], work / f"kit-open-{rate:g}")
     finally:

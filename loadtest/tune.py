@@ -42,6 +42,7 @@ from loadtest.settings import Settings
 
 __all__ = ["Candidate", "TuneError", "spec_patch", "tune"]
 
+
 def moves(cores: int) -> list[tuple[str, list[dict[str, Any]]]]:
     """What the search tries, option by option, in order. Instances and ONNX Runtime's intra-op
     threads compete for the same cores, so they move together: the pairs that fill the cores
