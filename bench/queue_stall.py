@@ -12,11 +12,11 @@ next arrival: closed-loop clients, which send nothing while they wait, see 500 m
 second instance, one is usually parked free and the check succeeds.
 
 The model is served in three forms, one server each, from copies of the built repository:
-- as built (the spec's instances and threads, with the kit's bounded queue);
-- without the queue policy (Triton's unbounded default, prefetching on);
-- with the bounded queue and `--instances` instances of one intra-op thread each.
+- one instance of `--threads` intra-op threads (default: all cores), the kit's bounded queue;
+- the same without the queue policy (Triton's unbounded default, prefetching on);
+- as built (the spec's instances and threads, with the bounded queue).
 Each is measured with the kit's closed loop (`python -m loadtest --steps 1`) at every
-`--concurrency`. Results go to bench/results/queue_stall.json; quote the ratios.
+`--concurrency`. Results go to bench/results/queue_stall-<model>.json; quote the ratios.
 """
 
 from __future__ import annotations
@@ -41,26 +41,26 @@ from bench.gpu import embedded  # noqa: E402
 from bench.overload import QUEUE_POLICY  # noqa: E402
 from clients import TritonClient  # noqa: E402
 
-THREADS = re.compile(r'(parameters \{ key: "intra_op_thread_count" value: \{ string_value: ")\d+(" \} \})')
+THREADS = re.compile(r'parameters \{ key: "intra_op_thread_count" value: \{ string_value: "(\d+)" \} \}')
 CPU_COUNT = re.compile(r"(  kind: KIND_CPU\n  count: )\d+\n")
+FORMS = ("one_instance_bounded", "one_instance_unbounded", "as_built")
+RATIO = "rps_vs_one_instance_bounded"
 
 
-def variant(repo: Path, model: str, scratch: Path, form: str, instances: int) -> Path:
-    """A repository holding only `model`, in `form`: as-built, unbounded or instances."""
+def variant(repo: Path, model: str, scratch: Path, form: str, threads: int) -> Path:
+    """A repository holding only `model`, in `form`: as_built, or one instance of `threads`
+    intra-op threads with the built queue policy (one_instance_bounded) or none (one_instance_unbounded)."""
     shutil.copytree(repo / model, scratch / model, symlinks=True)
     config = scratch / model / "config.pbtxt"
     text = config.read_text()
-    if form == "unbounded":
-        text = QUEUE_POLICY.sub("", text)
-    elif form == "instances":
+    if form != "as_built":
         if not CPU_COUNT.search(text):
             raise SystemExit(f"error: {model} has no KIND_CPU instance group to change: build with TARGET=cpu")
-        text = CPU_COUNT.sub(rf"\g<1>{instances}\n", text)
-        text = (
-            THREADS.sub(r"\g<1>1\g<2>", text)
-            if THREADS.search(text)
-            else text + ('parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n')
-        )
+        text = CPU_COUNT.sub(r"\g<1>1\n", text)
+        setting = f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{threads}" }} }}\n'
+        text = THREADS.sub(setting.strip(), text) if THREADS.search(text) else text + setting
+    if form == "one_instance_unbounded":
+        text = QUEUE_POLICY.sub("", text)
     config.write_text(text)
     return scratch
 
@@ -100,15 +100,17 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, default=ROOT / "model_repository")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--instances", type=int, default=2, help="instances of the third form (default 2)")
+    parser.add_argument(
+        "--threads", type=int, default=len(os.sched_getaffinity(0)), help="intra-op threads of the one-instance forms"
+    )
     args = parser.parse_args()
     if not (args.repo / args.model / "config.pbtxt").is_file():
         raise SystemExit(f"error: {args.repo} has no model {args.model!r}: run `make build-repo` first")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for form in ("as_built", "unbounded", "instances"):
+        for form in FORMS:
             scratch = Path(tmp) / form
-            repo = variant(args.repo, args.model, scratch / "repo", form, args.instances)
+            repo = variant(args.repo, args.model, scratch / "repo", form, args.threads)
             config = (repo / args.model / "config.pbtxt").read_text()
             server = embedded(repo, scratch / "triton.log")
             server.start(timeout_s=180)
@@ -126,14 +128,14 @@ def main() -> None:
             results[form] = {
                 "queue_policy": "default_queue_policy" in config,
                 "instances": int(m.group(0).split()[-1]) if (m := CPU_COUNT.search(config)) else None,
-                "intra_op_threads": int(m.group(0).split('"')[-2]) if (m := THREADS.search(config)) else None,
+                "intra_op_threads": int(m.group(1)) if (m := THREADS.search(config)) else None,
                 **figures,
             }
     for users in args.concurrency:
         key = f"c{users}"
-        base = results["as_built"][key]["rps"] or float("nan")
-        for form in ("unbounded", "instances"):
-            results[form][key]["rps_vs_as_built"] = round(results[form][key]["rps"] / base, 2)
+        base = results["one_instance_bounded"][key]["rps"] or float("nan")
+        for form in FORMS[1:]:
+            results[form][key]["rps_vs_one_instance_bounded"] = round(results[form][key]["rps"] / base, 2)
     record = {
         "benchmark": "queue_stall",
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -144,7 +146,7 @@ def main() -> None:
         "generator": "the kit's closed loop (python -m loadtest, Locust), gRPC",
         "results": results,
     }
-    out = ROOT / "bench" / "results" / "queue_stall.json"
+    out = ROOT / "bench" / "results" / f"queue_stall-{args.model}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     for form, figures in results.items():
         print(
@@ -156,7 +158,7 @@ def main() -> None:
             print(
                 f"    c{users}: {row['rps']:.0f} req/s  p50 {row['p50_ms']:.1f}  p95 {row['p95_ms']:.1f}  "
                 f"p99 {row['p99_ms']:.1f} ms  over 400 ms: {row['over_400_ms']}"
-                + (f"  ({row['rps_vs_as_built']}x as built)" if "rps_vs_as_built" in row else "")
+                + (f"  ({row[RATIO]}x one instance, bounded)" if RATIO in row else "")
             )
     print(f"recorded in {out}")
 
