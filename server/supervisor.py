@@ -60,8 +60,8 @@ ADMIN_HEADER = "admin-key"
 STUB = "triton_python_backend_stub"
 _INSTANCE_ARG = 8
 _INSTANCE = re.compile(r"(.+)_\d+_\d+")
-_GROUP = re.compile(r"(.+)_\d+")  # an instance stub's group: Triton names instances <group>_<index>
 """Where the stub's command line names what it serves, in Triton 2.51."""
+_GROUP = re.compile(r"(.+)_\d+")  # an instance stub's group: Triton names instances <group>_<index>
 
 
 def restricted_flags(key: str, lock_model_control: bool) -> list[str]:
@@ -98,7 +98,11 @@ def at_full_strength(config: str, living: Iterable[str]) -> bool:
     its count: then a stub that left was retired by a reload (Triton 2.51 adds and removes
     instances in place when only the groups change), not lost."""
     try:
-        groups = {group["name"]: int(group.get("count", 1)) for group in json.loads(config).get("instance_group", [])}
+        groups = {
+            # A KIND_GPU group's count is per GPU.
+            group["name"]: int(group.get("count", 1)) * max(1, len(group.get("gpus") or []))
+            for group in json.loads(config).get("instance_group", [])
+        }
     except (ValueError, KeyError, TypeError, AttributeError):
         return False
     alive = Counter(match.group(1) for name in living if (match := _GROUP.fullmatch(name)))
