@@ -158,7 +158,8 @@ def run_perf_analyzer(
         "p99_ms": round(float(row["p99 latency"]) / 1000, 2),
         "server_queue_us": float(row["Server Queue"]),
         "server_infer_us": float(row["Server Compute Infer"]),
-        "delayed": "delayed" in done.stdout.lower(),
+        # perf_analyzer's own warning that it could not send on schedule (rate mode).
+        "fell_behind": "not able to keep up" in done.stdout,
         "cpu_percent": round(100 * cpu / seconds, 1),
         "command": " ".join(command),
     }
