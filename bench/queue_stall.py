@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench.gpu import embedded  # noqa: E402
 from bench.overload import QUEUE_POLICY  # noqa: E402
 from clients import TritonClient  # noqa: E402
+from loadtest.report import request_log  # noqa: E402
 
 THREADS = re.compile(r'parameters \{ key: "intra_op_thread_count" value: \{ string_value: "(\d+)" \} \}')
 CPU_COUNT = re.compile(r"(  kind: KIND_CPU\n  count: )\d+\n")
@@ -78,20 +79,10 @@ def closed_loop(model: str, url: str, users: int, seconds: float, report: Path) 
         "p50_ms": step["p50_ms"],
         "p95_ms": step["p95_ms"],
         "p99_ms": step["p99_ms"],
-        "over_400_ms": sum(1 for line in _latencies(report) if line > 400),
+        "over_400_ms": int((request_log(report)[1] > 400).sum()),
         "server_queue_us": server.get("queue_us"),
         "avg_batch": server.get("avg_batch_size"),
     }
-
-
-def _latencies(report: Path) -> list[float]:
-    values = []
-    for log in report.glob("requests-*.csv"):
-        for line in log.read_text().splitlines():
-            fields = line.split(",")
-            if len(fields) >= 2 and fields[1].replace(".", "", 1).isdigit():
-                values.append(float(fields[1]))
-    return values
 
 
 def main() -> None:

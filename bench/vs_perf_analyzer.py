@@ -12,7 +12,7 @@ script says why and exits 3 without recording anything.
 
 Both tools send the same request: the payload the kit draws from the spec, written as
 perf_analyzer's --input-data JSON (`python -m loadtest payload`). The server loads only the model.
-- Closed loop: perf_analyzer's --concurrency-range C (synchronous calls, 5 s windows until stable)
+- Closed loop: perf_analyzer's --concurrency-range C (synchronous calls, --seconds windows until stable)
   against `python -m loadtest --steps 1 --step-users C` (Locust), in turns, --rounds times each.
 - Open loop: perf_analyzer's --request-rate-range R --async against `python -m loadtest --rate R`,
   in turns: the achieved rate and p95 at each offered rate.
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from clients import TritonClient  # noqa: E402
-from server.embedded import EmbeddedTriton, ServerError, free_port  # noqa: E402
+from loadtest.tune import TuneError, model_server  # noqa: E402
 
 PERF_ANALYZER_VERSION = "2.51.0"
 CUDA_RUNTIME = "nvidia-cuda-runtime-cu12==12.9.79"
@@ -211,56 +211,15 @@ def main() -> int:
     except Unavailable as exc:
         print(f"skipped: {exc}", file=sys.stderr)
         return UNAVAILABLE_EXIT
-    if not (args.repo / args.model / "config.pbtxt").is_file():
-        print(f"error: {args.repo} has no model {args.model!r}: run `make build-repo` first", file=sys.stderr)
-        return 2
     work = Path(tempfile.mkdtemp(prefix="kit-vs-pa-"))
-    server = EmbeddedTriton(
-        repository=args.repo, backend_dir=work / "backends", model_control_mode="explicit",
-        http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_file=work / "triton.log",
-    )  # fmt: skip
     try:
-        server.start(timeout_s=120)
-    except ServerError as exc:
-        print(f"error: the embedded server did not start: {exc}", file=sys.stderr)
+        with model_server(None, args.repo, args.model, args.protocol) as url:
+            closed, opened = measure(binary, env, args, url, work)
+    except TuneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    try:
-        url = server.grpc_url if args.protocol == "grpc" else server.http_url
-        with TritonClient(url, protocol=args.protocol, timeout_s=120) as client:
-            client.load_model(args.model)
-        data = work / "input-data.json"
-        subprocess.run(
-            [sys.executable, "-m", "loadtest", "payload", "--model", args.model, "--protocol", args.protocol,
-             "--url", url, "--out", str(data)],
-            cwd=ROOT, check=True, capture_output=True,
-        )  # fmt: skip
-        closed: dict[str, list[dict[str, Any]]] = {"perf_analyzer": [], "kit": []}
-        for round_ in range(args.rounds):
-            print(f"closed loop, round {round_ + 1}/{args.rounds}: concurrency {args.concurrency}", flush=True)
-            closed["perf_analyzer"].append(
-                run_perf_analyzer(binary, env, args, url, data, ["--concurrency-range", str(args.concurrency)],
-                                  work / f"pa-closed-{round_}.txt")
-            )  # fmt: skip
-            closed["kit"].append(
-                run_kit(
-                    args, url, ["--steps", "1", "--step-users", str(args.concurrency)], work / f"kit-closed-{round_}"
-                )
-            )
-        opened: dict[str, Any] = {"perf_analyzer": {}, "kit": {}}
-        for rate in args.rates:
-            print(f"open loop: {rate:g} req/s", flush=True)
-            opened["perf_analyzer"][f"{rate:g}"] = run_perf_analyzer(
-                binary,
-                env,
-                args,
-                url,
-                data,
-                ["--request-rate-range", f"{rate:g}", "--async"],
-                work / f"pa-open-{rate:g}.txt",
-            )
-            opened["kit"][f"{rate:g}"] = run_kit(args, url, ["--rate", f"{rate:g}"], work / f"kit-open-{rate:g}")
     finally:
-        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
     record = {
         "benchmark": "vs_perf_analyzer",
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -276,9 +235,46 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     _print(record)
-    shutil.rmtree(work, ignore_errors=True)
     print(f"recorded in {args.out}")
     return 0
+
+
+def measure(
+    binary: Path, env: dict[str, str], args: argparse.Namespace, url: str, work: Path
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """Both tools, closed loop in turns then open loop rate by rate, against the server at `url`."""
+    with TritonClient(url, protocol=args.protocol, timeout_s=120) as client:
+        client.load_model(args.model)
+    data = work / "input-data.json"
+    subprocess.run(
+        [sys.executable, "-m", "loadtest", "payload", "--model", args.model, "--protocol", args.protocol,
+         "--url", url, "--out", str(data)],
+        cwd=ROOT, check=True, capture_output=True,
+    )  # fmt: skip
+    closed: dict[str, list[dict[str, Any]]] = {"perf_analyzer": [], "kit": []}
+    for round_ in range(args.rounds):
+        print(f"closed loop, round {round_ + 1}/{args.rounds}: concurrency {args.concurrency}", flush=True)
+        closed["perf_analyzer"].append(
+            run_perf_analyzer(binary, env, args, url, data, ["--concurrency-range", str(args.concurrency)],
+                              work / f"pa-closed-{round_}.txt")
+        )  # fmt: skip
+        closed["kit"].append(
+            run_kit(args, url, ["--steps", "1", "--step-users", str(args.concurrency)], work / f"kit-closed-{round_}")
+        )
+    opened: dict[str, Any] = {"perf_analyzer": {}, "kit": {}}
+    for rate in args.rates:
+        print(f"open loop: {rate:g} req/s", flush=True)
+        opened["perf_analyzer"][f"{rate:g}"] = run_perf_analyzer(
+            binary,
+            env,
+            args,
+            url,
+            data,
+            ["--request-rate-range", f"{rate:g}", "--async"],
+            work / f"pa-open-{rate:g}.txt",
+        )
+        opened["kit"][f"{rate:g}"] = run_kit(args, url, ["--rate", f"{rate:g}"], work / f"kit-open-{rate:g}")
+    return closed, opened
 
 
 def _closed_ratio(closed: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

@@ -14,7 +14,18 @@ from numpy.typing import NDArray
 
 from loadtest.snapshots import FILENAME as SNAPSHOTS
 
-__all__ = ["DROPPED", "FAILED", "OK", "REJECTED", "Thresholds", "build_summary", "knee", "plot_steps", "violations"]
+__all__ = [
+    "DROPPED",
+    "FAILED",
+    "OK",
+    "REJECTED",
+    "Thresholds",
+    "build_summary",
+    "knee",
+    "plot_steps",
+    "request_log",
+    "violations",
+]
 
 # The outcome column of the request logs: answered, failed, refused by a full queue, or (open loop)
 # never sent because the generator's bound on requests in flight was reached.
@@ -46,7 +57,7 @@ def build_summary(report_dir: Path, run: dict[str, Any]) -> dict[str, Any]:
         (json.loads(line) for line in (report_dir / SNAPSHOTS).read_text().splitlines() if line.strip()),
         key=lambda s: s["step"],
     )
-    times, latencies, outcomes = _requests(report_dir)
+    times, latencies, outcomes = request_log(report_dir)
     failed, rejected, dropped = outcomes == FAILED, outcomes == REJECTED, outcomes == DROPPED
     rates = run.get("rates") or []
     steps = []
@@ -182,7 +193,8 @@ def plot_steps(summary: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def _requests(report_dir: Path) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
+def request_log(report_dir: Path) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
+    """Every request a run logged (requests-*.csv): wall send times, latencies in ms, outcomes."""
     rows = [
         line.split(",")
         for log in sorted(report_dir.glob("requests-*.csv"))

@@ -40,7 +40,7 @@ from loadtest.payloads import spec_payload
 from loadtest.report import HELD, build_summary
 from loadtest.settings import Settings
 
-__all__ = ["Candidate", "TuneError", "spec_patch", "tune"]
+__all__ = ["Candidate", "TuneError", "model_server", "spec_patch", "tune"]
 
 
 def moves(cores: int) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -157,7 +157,7 @@ def tune(
     out.mkdir(parents=True, exist_ok=True)
     done = _done(out)
     deadline = time.monotonic() + budget_s
-    with _server(url, repository, model_name) as server_url, TritonClient(server_url, timeout_s=60) as client:
+    with model_server(url, repository, model_name) as server_url, TritonClient(server_url, timeout_s=60) as client:
 
         def measure(candidate: Candidate, start: float, *, again: bool = False) -> Measured:
             if candidate.label in done and not again:
@@ -341,8 +341,13 @@ def _done(out: Path) -> dict[str, Measured]:
 
 
 @contextmanager
-def _server(url: str | None, repository: Path, model: str) -> Iterator[str]:
-    """`url`, or the embedded server on the repository in explicit model-control mode."""
+def model_server(url: str | None, repository: Path, model: str, protocol: str = "grpc") -> Iterator[str]:
+    """`url`, or the `protocol` address of the embedded server on the repository in explicit
+    model-control mode, with no model loaded (the caller loads `model`, as it needs it).
+
+    Raises:
+        TuneError: the repository has no `model`, or the server did not start.
+    """
     if url is not None:
         yield url
         return
@@ -366,7 +371,7 @@ def _server(url: str | None, repository: Path, model: str) -> Iterator[str]:
     except ServerError as exc:
         raise TuneError(f"the embedded server did not start: {exc}") from exc
     try:
-        yield server.grpc_url
+        yield server.grpc_url if protocol == "grpc" else server.http_url
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
