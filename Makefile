@@ -25,7 +25,7 @@ REQUIREMENTS := $(if $(filter gpu,$(RUNTIME)),requirements-gpu.txt,requirements.
 DEPS_HASH := $(shell cat pyproject.toml $(REQUIREMENTS) | sha256sum | cut -c1-16)
 VENV_STAMP := $(VENV)/.deps-$(RUNTIME)-$(DEPS_HASH)
 
-.PHONY: help venv compat build-repo check-repo serve loadtest tune image k8s-manifests deploy-check test lint format lock clean
+.PHONY: help venv backend compat build-repo check-repo serve loadtest tune image k8s-manifests deploy-check test lint format lock clean
 
 help: ## list the targets
 	@echo "usage: make <target> [VAR=value]"
@@ -69,7 +69,10 @@ compat: ## build the examples and run the unit tests with numpy 2 and onnxruntim
 	rm -rf .compat && $(COMPAT_VENV)/bin/python -m builder build --spec $(SPEC) --repo .compat/model_repository --target cpu
 	$(COMPAT_VENV)/bin/python -m pytest tests/unit tests/integration/test_numpy_guard.py -q -p no:cacheprovider
 
-build-repo: venv ## build model_repository/ from models.yaml (TARGET=cpu|gpu, default: this machine's; FORCE=1 re-exports)
+backend: venv ## compile Triton's C++ onnxruntime backend for the embedded server (once; cached; TRITON_KIT_SOURCE_MIRROR=dir offline)
+	$(PY) -m server.onnxruntime_backend
+
+build-repo: backend ## build model_repository/ from models.yaml (TARGET=cpu|gpu, default: this machine's; FORCE=1 re-exports)
 	$(VENV)/bin/triton-kit-builder build --spec $(SPEC) --repo $(REPO) --target $(TARGET) $(if $(FORCE),--force)
 
 check-repo: venv ## check any model repository against Triton's rules (REPO=path, TARGET=cpu|gpu, STRICT=1, SERVER_VERSION=2.51, TRT_VERSION=10.5, COMPUTE_CAPABILITY=9.0, TORCH_VERSION=2.5.0a0)
@@ -90,7 +93,8 @@ tune: venv ## search MODEL's serving options for the highest rate within a p95 b
 	$(VENV)/bin/triton-kit-loadtest tune --model $(MODEL) --p95-ms $(P95_MS) --spec $(SPEC) --repo $(REPO) $(if $(URL),--url $(URL)) $(TUNE_ARGS)
 
 KIT_IMAGE ?= triton-model-kit:0.1.0
-image: ## build the kit's CPU serving image, what `docker compose --profile cpu` runs (KIT_IMAGE=, IMAGE_ARGS="--build-arg TORCH=0")
+image: venv ## build the kit's CPU serving image, what `docker compose --profile cpu` runs (KIT_IMAGE=, IMAGE_ARGS="--build-arg TORCH=0")
+	rm -rf .triton/image && $(PY) -m server.onnxruntime_backend --copy-to .triton/image/onnxruntime-backend
 	docker build --file deploy/docker/Dockerfile --tag $(KIT_IMAGE) $(IMAGE_ARGS) .
 
 # TARGET=auto is this machine's runtime, as for build-repo.

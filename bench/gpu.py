@@ -14,10 +14,9 @@ On a GPU host (`make build-repo` builds for the gpu target there). It measures:
   formed size would otherwise stall while the CUDA provider tunes kernels), and in-process the
   cost of a size's first call, with exhaustive and heuristic convolution search;
 - the CPU provider on the same host, as the baseline;
-- the served figures at 1, 2 and 4 GPU instances per model (`--instances`), as built (the
-  image model's batches padded to max_batch_size, `gpu.pad_batch: auto`) and with no padding
-  (`--unpadded`); in-process, the cost of the input shape changing from call to call, and the
-  input's memory (heap, POSIX shared memory as the Python backend hands it over, pinned).
+- the served figures at 1, 2 and 4 GPU instances per model (`--instances`), as built, served by
+  Triton's C++ onnxruntime backend; in-process, the cost of the input shape changing from call to
+  call, and the input's memory (heap, POSIX shared memory, pinned).
 
 Results go to bench/results/gpu.json with the device, driver and stack versions.
 """
@@ -51,7 +50,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from server import EmbeddedTriton  # noqa: E402
-from server.runtime.triton_kit_ort import PAD_PARAMETER  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 CONCURRENCY = (16, 64, 256)
@@ -269,26 +267,31 @@ def _flag_collapse(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --- in-process ONNX Runtime ---------------------------------------------------------------------
 
 
+# cudnn_conv_algo_search as Triton's onnxruntime backend numbers it (src/onnxruntime.cc), EXHAUSTIVE by default.
+CONV_ALGO_SEARCH = {"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"}
+
+
 def session(repo: Path, model: str, provider: str, threads: int | None = None, **cuda: str) -> ort.InferenceSession:
-    """A session with the providers and options the backend derives from the model's config."""
-    from google.protobuf import json_format, text_format
+    """A session with the threads and CUDA options Triton's onnxruntime backend reads from the
+    model's config (its `parameters`), and its CUDA provider defaults."""
+    from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from server.runtime.triton_kit_ort import plan_session
-
-    text = (repo / model / "config.pbtxt").read_text()
-    config = json_format.MessageToDict(
-        text_format.Parse(text, model_config_pb2.ModelConfig()), preserving_proto_field_name=True
-    )
-    kind = "GPU" if provider == "cuda" else "CPU"
-    plan = plan_session(config, kind, 0, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    config = text_format.Parse((repo / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    for attribute, value in plan.session_options.items():  # as the backend applies them
-        setattr(options, attribute, getattr(ort.ExecutionMode, value) if attribute == "execution_mode" else value)
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    providers = [(name, {**opts, **cuda} if name == "CUDAExecutionProvider" else opts) for name, opts in plan.providers]
+    options.intra_op_num_threads = threads or int(parameters.get("intra_op_thread_count", 0))
+    options.inter_op_num_threads = int(parameters.get("inter_op_thread_count", 0))
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if provider == "cuda":
+        options_cuda = {
+            "device_id": "0",
+            "cudnn_conv_algo_search": CONV_ALGO_SEARCH[parameters.get("cudnn_conv_algo_search", "0")],
+            "do_copy_in_default_stream": "1",
+            **cuda,
+        }
+        providers.insert(0, ("CUDAExecutionProvider", options_cuda))
     return ort.InferenceSession(str(repo / model / "1" / "model.onnx"), options, providers=providers)
 
 
@@ -369,20 +372,13 @@ def embedded(repo: Path, log: Path) -> EmbeddedTriton:
     )
 
 
-def with_instances(repo: Path, scratch: Path, count: int, padded: bool | None = None) -> Path:
-    """A copy of the repository's two example models with `count` GPU instances each; `padded`
-    True or False overrides the built choice (`gpu.pad_batch`) of running every batch at
-    max_batch_size, None keeps it."""
-    parameter = re.compile(rf'^parameters {{ key: "{PAD_PARAMETER}" .*\n', re.MULTILINE)
+def with_instances(repo: Path, scratch: Path, count: int) -> Path:
+    """A copy of the repository's two example models with `count` GPU instances each."""
     for model in MODELS:
         target = scratch / model
         shutil.copytree(repo / model, target, dirs_exist_ok=True)
         config = (target / "config.pbtxt").read_text()
         config = re.sub(r"(  kind: KIND_GPU\n  count: )\d+\n", rf"\g<1>{count}\n", config)
-        if padded is not None:
-            config = parameter.sub("", config)
-        if padded:
-            config += f'parameters {{ key: "{PAD_PARAMETER}" value: {{ string_value: "true" }} }}\n'
         (target / "config.pbtxt").write_text(config)
     return scratch
 
@@ -440,12 +436,6 @@ def main() -> None:
         default=[1, 2, 4],
         help="GPU instance counts to serve with, each in its own server (default 1,2,4)",
     )
-    parser.add_argument(
-        "--unpadded",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also serve the first instance count with no batch padded (gpu.pad_batch: false), beside the built choice",
-    )
     args = parser.parse_args()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         sys.exit(f"error: onnxruntime {ort.__version__} has no CUDA provider; run on a GPU host after `make venv`")
@@ -461,18 +451,16 @@ def main() -> None:
     record["served"] = {}
     log = args.out.with_suffix(".server.log")
     log.unlink(missing_ok=True)
-    setups: list[tuple[int, bool | None]] = [(count, None) for count in args.instances]
-    setups += [(args.instances[0], False)] * args.unpadded
-    for count, padded in setups:
-        label = f"instances_{count}" + ("_unpadded" if padded is False else "")
-        scratch = with_instances(args.repo, ROOT / ".triton" / f"bench-repo-{label}", count, padded)
+    for count in args.instances:
+        label = f"instances_{count}"
+        scratch = with_instances(args.repo, ROOT / ".triton" / f"bench-repo-{label}", count)
         server = embedded(scratch, log)
         started = time.perf_counter()
         server.start(timeout_s=600)
         record.setdefault("server_ready_s", {})[label] = round(time.perf_counter() - started, 1)
         try:
             record.setdefault("backend_log", []).extend(
-                line for line in log.read_text().splitlines()[-200:] if "ONNX Runtime" in line
+                line for line in log.read_text().splitlines()[-400:] if "onnxruntime" in line
             )
             record["served"][label] = served(server, args.seconds, args.processes)
             if count == args.instances[0]:

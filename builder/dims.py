@@ -60,6 +60,10 @@ def free_pinned_outputs(path: Path, model: OnnxModelSpec) -> list[str]:
             f"{min(sizes)}..{max(sizes)} across the verification cases; made variable ({dim.dim_param})"
         )
     if notes:
+        # The exporter's annotations of intermediate values carry the traced size too, and ONNX
+        # Runtime merges them into the output's shape when it loads the graph (as Triton's
+        # onnxruntime backend reads it): dropped, they are inferred again from the inputs.
+        del proto.graph.value_info[:]
         onnx.save(proto, str(path))
     return notes
 

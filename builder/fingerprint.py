@@ -14,6 +14,8 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
+
 import builder
 from builder.source import source_files
 from builder.spec import OnnxModelSpec, VersionSpec
@@ -58,7 +60,9 @@ def fingerprint(model: OnnxModelSpec, version: VersionSpec, root: Path) -> Finge
 
 def tool_versions() -> dict[str, str]:
     """Versions of everything that shapes an exported model."""
-    versions = {name: package_version(name) for name in ("torch", "onnx", "onnxruntime", "onnxscript")}
+    versions = {name: package_version(name) for name in ("torch", "onnx", "onnxscript")}
+    # The module's own: onnxruntime-gpu installs it under another distribution name.
+    versions["onnxruntime"] = ort.__version__
     versions["builder"] = builder.__version__
     versions["python"] = platform.python_version()
     return versions

@@ -19,8 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-import onnx
-
 from builder.calibration import load_calibration
 from builder.check import check_repository
 from builder.errors import BuildError, RepositoryError
@@ -249,14 +247,8 @@ def _write_config(
     spec: Spec, model: AnyModelSpec, workspace: Workspace, target: Target, variant: VariantSpec | None = None
 ) -> Iterator[str]:
     model_dir = workspace.staging / model.name
-    convolutional = (
-        target == "gpu"
-        and isinstance(model, OnnxModelSpec)
-        and model.gpu.pad_batch == "auto"
-        and _has_convolutions(model_dir)
-    )
     try:
-        text = render_config(model, spec.path.name, target, variant, convolutional=convolutional)
+        text = render_config(model, spec.path.name, target, variant)
     except BuildError as exc:
         yield str(exc)
         return
@@ -264,15 +256,6 @@ def _write_config(
     for output in model.outputs:
         if output.labels is not None:
             shutil.copy2(output.labels, model_dir / str(label_filename(output)))
-
-
-def _has_convolutions(model_dir: Path) -> bool:
-    """Any Conv-family node (Conv, ConvTranspose, QLinearConv, ...) in a version's model.onnx."""
-    for path in sorted(model_dir.glob("*/model.onnx")):
-        graph = onnx.load(str(path), load_external_data=False).graph
-        if any("Conv" in node.op_type for node in graph.node):
-            return True
-    return False
 
 
 def _build_version(

@@ -37,8 +37,6 @@ from builder.spec import (
 from builder.spec.models import _Scheduled
 from builder.targets import Target
 from server.runtime.triton_kit_compiled import PACKAGE  # the runtime loads what the builder writes
-from server.runtime.triton_kit_ort import PAD_PARAMETER  # the backend reads what the builder writes
-from server.runtime.triton_kit_shapes import SHAPE_RANGES_PARAMETER
 
 __all__ = [
     "CONFIG_TEMPLATE",
@@ -90,17 +88,14 @@ def render_config(
     spec_file: str,
     target: Target = "cpu",
     variant: VariantSpec | None = None,
-    *,
-    convolutional: bool = False,
 ) -> str:
     """Render and parse back the config of `model` (served as `variant`, if given) for
-    `target`; return the text to write. `convolutional`: the served graph has convolutions
-    (see `pads_batches`).
+    `target`; return the text to write.
 
     Raises:
         RenderError: the template failed, or its output is not a valid Triton ModelConfig.
     """
-    view = config_view(model, spec_file, target, variant, convolutional=convolutional)
+    view = config_view(model, spec_file, target, variant)
     text = _render(CONFIG_TEMPLATE, view, model.name)
     parse_config(text, f"model {model.name!r} rendered from template {TEMPLATES_DIR / CONFIG_TEMPLATE}")
     return text
@@ -155,8 +150,6 @@ def config_view(
     spec_file: str,
     target: Target,
     variant: VariantSpec | None = None,
-    *,
-    convolutional: bool = False,
 ) -> dict[str, Any]:
     """Every value the template prints, already in Triton's spelling."""
     view: dict[str, Any] = {
@@ -196,22 +189,11 @@ def config_view(
         view["platform"], view["backend"] = served_as.platform, served_as.backend
     else:
         view["backend"] = "python"
-    view.update(_scheduling(model, target, variant, convolutional))
+    view.update(_scheduling(model, target, variant))
     return view
 
 
-def pads_batches(model: OnnxModelSpec, convolutional: bool) -> bool:
-    """Whether GPU instances run every batch at max_batch_size: as the spec says, or under 'auto'
-    where the graph has convolutions, which ONNX Runtime's CUDA provider re-plans with cuDNN each
-    time the input shape changes (a dynamic batcher changes it from one batch to the next)."""
-    if model.max_batch_size == 0:
-        return False
-    return convolutional if model.gpu.pad_batch == "auto" else model.gpu.pad_batch
-
-
-def _scheduling(
-    model: _Scheduled, target: Target, variant: VariantSpec | None, convolutional: bool = False
-) -> dict[str, Any]:
+def _scheduling(model: _Scheduled, target: Target, variant: VariantSpec | None) -> dict[str, Any]:
     parameters = dict(model.parameters)
     accelerators: list[dict[str, Any]] = []
     # ONNX Runtime's options (threads also bound a compiled model's); a TensorRT plan was tuned when built.
@@ -220,24 +202,15 @@ def _scheduling(
         parameters = {**model.cpu.model_dump(exclude_none=True, include={"intra_op_thread_count"}), **parameters}
     if isinstance(model, OnnxModelSpec) and served_format in (None, "onnx"):
         parameters = {**model.cpu.model_dump(exclude_none=True), **parameters}
-        ranges = {
-            t.name: {"min": list(t.shape_range.min), "max": list(t.shape_range.max)}
-            for t in model.inputs
-            if t.shape_range
-        }
-        if ranges:  # the kit's backend refuses requests outside them (the C++ backend ignores the key)
-            parameters = {SHAPE_RANGES_PARAMETER: json.dumps(ranges, separators=(",", ":")), **parameters}
         if target == "gpu":
             accelerators.extend(_accelerators(model, variant))
-            if pads_batches(model, convolutional):
-                parameters = {PAD_PARAMETER: "true", **parameters}
     warm = model.warmup.when == "always" or (model.warmup.when == "gpu" and target == "gpu")
     return {
         "dynamic_batching": None if model.batcher is None else _dynamic_batching(model.batcher),
         "sequence_batching": None if model.sequence_batching is None else _sequence_batching(model.sequence_batching),
         "instance_groups": [_instance_group(g, model, target) for g in model.instance_group],
         "accelerators": accelerators,
-        # Escaped for the text format: a value may hold quotes (the shape ranges are JSON).
+        # Escaped for the text format: a value may hold quotes.
         "parameters": [
             (key, text_encoding.CEscape(_string(value), as_utf8=True)) for key, value in sorted(parameters.items())
         ],

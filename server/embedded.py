@@ -4,9 +4,10 @@ The wheel carries `tritonserver` (Triton 2.51, the NGC 24.10 release) with the P
 only. The kit assembles a backends directory of its own next to it:
 
     <backend-dir>/python/        libtriton_python.so, its utils, and the stub for this Python
-    <backend-dir>/onnxruntime/   model.py: the kit's Python-based ONNX Runtime backend
+    <backend-dir>/onnxruntime/   Triton's own C++ ONNX Runtime backend, built from its r24.10
+                                 sources against the environment's onnxruntime (server.onnxruntime_backend)
 
-so `platform: "onnxruntime_onnx"` configs load unchanged. The server runs in its own process
+so `platform: "onnxruntime_onnx"` configs load unchanged and run as in the NGC container. The server runs in its own process
 group, which `stop()` always ends, stub processes included.
 """
 
@@ -28,6 +29,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from server.errors import ServerError
+from server.onnxruntime_backend import install_backend
 from server.supervisor import ADMIN_HEADER, StubSupervisor, is_ready, kill_group, restricted_flags, stamped
 
 __all__ = [
@@ -45,12 +48,10 @@ __all__ = [
     "server_environment",
 ]
 
-_KIT_BACKENDS = Path(__file__).resolve().parent / "backends"
 BATCHING_RUNTIME = Path(__file__).resolve().parent / "runtime" / "triton_kit_batching.py"
 """Runs a dynamic batch as one call inside Triton's Python stub; copied next to every model.py."""
 COMPILED_RUNTIME = BATCHING_RUNTIME.parent / "triton_kit_compiled.py"
 """Serves a compiled PyTorch model; copied as the model.py of every torch_compiled variant."""
-_RUNTIME_MODULES = sorted(BATCHING_RUNTIME.parent.glob("triton_kit_*.py"))
 _PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
@@ -82,17 +83,6 @@ def container_command(model_repository: str = "/models") -> list[str]:
         *server_flags("explicit"),
         "--load-model=*",
     ]
-
-
-class ServerError(RuntimeError):
-    """Raised when the embedded server cannot be found, prepared, started or made ready.
-
-    The message says why and what to do; `log_tail` holds the server's last log lines, if any.
-    """
-
-    def __init__(self, message: str, log_tail: str = "") -> None:
-        self.log_tail = log_tail
-        super().__init__(message + (f"\n--- last lines of the server log ---\n{log_tail}" if log_tail else ""))
 
 
 @dataclass(frozen=True)
@@ -147,7 +137,12 @@ def find_installation() -> TritonInstallation:
 
 
 def prepare_backends(destination: Path, installation: TritonInstallation | None = None) -> Path:
-    """Assemble the kit's backends directory at `destination` (idempotent); return it."""
+    """Assemble the kit's backends directory at `destination` (idempotent); return it. Builds
+    Triton's onnxruntime backend the first time on this machine (server.onnxruntime_backend).
+
+    Raises:
+        BackendBuildError: the onnxruntime backend could not be built (the message says why).
+    """
     installation = installation or find_installation()
     python_dir = destination / "python"
     python_dir.mkdir(parents=True, exist_ok=True)
@@ -157,11 +152,6 @@ def prepare_backends(destination: Path, installation: TritonInstallation | None 
         # The stub must sit next to libtriton_python.so and match the interpreter's version.
         (installation.stub, python_dir / "triton_python_backend_stub"),
     ]
-    for backend in sorted(p for p in _KIT_BACKENDS.iterdir() if (p / "model.py").is_file()):
-        (destination / backend.name).mkdir(exist_ok=True)
-        files.append((backend / "model.py", destination / backend.name / "model.py"))
-        # The runtime modules the kit's backends import (batching, ONNX Runtime session plans).
-        files.extend((module, destination / backend.name / module.name) for module in _RUNTIME_MODULES)
     for source, target in files:
         if (
             not target.exists()
@@ -169,6 +159,7 @@ def prepare_backends(destination: Path, installation: TritonInstallation | None 
             or target.stat().st_mtime < source.stat().st_mtime
         ):
             shutil.copy2(source, target)
+    install_backend(destination / "onnxruntime", installation.python_backend / "libtriton_python.so")
     return destination
 
 

@@ -1,10 +1,10 @@
 """Bring a model back when the process serving one of its instances dies.
 
-Triton runs every Python-backend instance (the kit's ONNX Runtime backend, compiled variants,
-pre/post-processing models) in a stub process of its own. When a stub dies (killed, out of
-memory, a crash in native code), Triton 2.51 answers each later request of that instance with
-"Stub process '<instance>' is not healthy" for good, while every health and readiness probe
-stays green. The supervisor watches the server's stub processes and, when one dies, reloads its
+Triton runs every Python-backend instance (compiled variants, pre/post-processing models; ONNX
+models run inside the server's process, in its onnxruntime backend) in a stub process of its
+own. When a stub dies (killed, out of memory, a crash in native code), Triton 2.51 answers each
+later request of that instance with "Stub process '<instance>' is not healthy" for good, while
+every health and readiness probe stays green. The supervisor watches the server's stub processes and, when one dies, reloads its
 model: Triton loads fresh instances beside the broken ones and swaps them in, so the model
 serves again within seconds and requests to the rest of the repository never notice.
 

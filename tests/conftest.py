@@ -42,13 +42,30 @@ def write_spec(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One small linear model built for the cpu target: quick to build and to load."""
+    """A small linear ONNX model and a Python model built for the cpu target: quick to build and to
+    load, one model for each backend the embedded server runs."""
     from builder.pipeline import build_repository  # imports torch: only for the tests that need it
 
     root = tmp_path_factory.mktemp("tiny")
-    (root / "models.yaml").write_text(yaml.safe_dump({"models": [linear_model()]}))
+    (root / "models.yaml").write_text(yaml.safe_dump({"models": [linear_model(), echo_model()]}))
     build_repository(root / "models.yaml", root / "model_repository", target="cpu", log=lambda _: None)
     return root / "model_repository"
+
+
+def echo_model(name: str = "echo", **overrides: Any) -> dict[str, Any]:
+    """A spec entry for a Python model (y = x, [N, 4]): its instances are stub processes, unlike
+    ONNX models, which run inside the server's process in Triton's onnxruntime backend."""
+    entry: dict[str, Any] = {
+        "name": name,
+        "kind": "python",
+        "source": "tests.tiny_processors:Slow",
+        "options": {"seconds": 0.0},
+        "max_batch_size": 8,
+        "inputs": [{"name": "x", "dtype": "TYPE_FP32", "dims": [4]}],
+        "outputs": [{"name": "y", "dtype": "TYPE_FP32", "dims": [4]}],
+    }
+    entry.update(overrides)
+    return entry
 
 
 def snapshot(root: Path) -> dict[str, str]:

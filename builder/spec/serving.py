@@ -92,9 +92,8 @@ class InstanceGroup(Strict):
     count: Positive = 1
     gpu_count: Positive | None = Field(
         default=None,
-        description="count on the gpu target (default: count). A GPU instance of the kit's backend spends "
-        "most of an execution in Python on the CPU, so several per GPU overlap: on the H200 four served "
-        "image_classifier 2.2-3.2x and text_encoder 2.5x one (bench/gpu.py)",
+        description="count on the gpu target (default: count). Several instances per GPU overlap one "
+        "execution's host work with another's kernels (bench/gpu.py measures 1, 2 and 4)",
     )
     gpus: tuple[NonNegative, ...] = ()
     rate_limiter: RateLimiter | None = None
@@ -113,8 +112,8 @@ class Warmup(Strict):
 
     `when` picks the targets that get it: warmup makes the first request fast at the cost of a
     slower load, which matters most on GPUs (and with TensorRT engines). Every batch size is
-    warmed by default, so no size formed under load pays a first call's set-up (convolutions are
-    planned again at every change of shape: see `gpu.pad_batch`).
+    warmed by default, so no size formed under load pays a first call's set-up (ONNX Runtime's
+    CUDA provider plans its convolutions per input shape).
     """
 
     when: Literal["gpu", "always", "never"] = "gpu"
@@ -128,7 +127,8 @@ class GpuOptions(Strict):
     """ONNX Runtime execution accelerators, rendered for the `gpu` target only.
 
     `tensorrt` puts ORT's TensorRT provider in front of the CUDA provider (the precision, workspace
-    and engine cache below are its options); `cuda` holds CUDA provider options, rendered as the
+    and engine cache below are its options); only a backend built with TensorRT loads it (NGC's
+    image), and the embedded server's has none; `cuda` holds CUDA provider options, rendered as the
     `cuda` accelerator's parameters (for instance `cudnn_conv_algo_search: HEURISTIC`). TF32 is
     off unless `cuda: {use_tf32: 1}` asks for it: it is a reduced precision, like FP16.
     """
@@ -138,14 +138,6 @@ class GpuOptions(Strict):
     max_workspace_size_bytes: Positive = 1 << 30
     engine_cache_path: str | None = None
     cuda: dict[str, str | int | bool] = Field(default_factory=dict)
-    pad_batch: bool | Literal["auto"] = Field(
-        default="auto",
-        description="run every batch at max_batch_size (zero rows added, their outputs dropped), so the "
-        "CUDA provider sees one input shape. ONNX Runtime's CUDA convolutions re-plan with cuDNN whenever "
-        "the input shape changes (measured on the H200: ~200 ms per execution while the batcher formed "
-        "varied sizes). 'auto' pads where the graph has Conv or ConvTranspose nodes. Rendered as the kit "
-        "backend's pad_to_max_batch_size",
-    )
 
 
 class CpuOptions(Strict):

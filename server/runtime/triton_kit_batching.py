@@ -1,7 +1,7 @@
 """Run a whole dynamic batch of Triton requests through one call, inside Triton's Python stub.
 
-Shared by the kit's `onnxruntime` backend and every generated Python model (the builder copies
-this file next to each model.py; it imports nothing from the kit).
+Shared by every generated Python model and the compiled variants (the builder copies this file
+next to each model.py; it imports nothing from the kit).
 
 Requests whose inputs have equal per-item shapes are concatenated along the batch axis, run in
 one call, and the results split back per request. When the call raises, the group is run again
@@ -19,8 +19,6 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 Run = Callable[[dict[str, np.ndarray[Any, Any]]], Mapping[str, np.ndarray[Any, Any]]]
-Allocate = Callable[[str, tuple[int, ...], np.dtype[Any]], np.ndarray[Any, Any]]
-"""Where a batch's input is assembled: (input name, shape, dtype) -> an array to fill."""
 
 
 def io_names(config: Mapping[str, Any]) -> tuple[bool, list[str], list[str]]:
@@ -54,16 +52,8 @@ def execute_batched(
     *,
     batching: bool,
     invalid: tuple[type[BaseException], ...] = (ValueError,),
-    allocate: Allocate | None = None,
-    check: Callable[[dict[str, np.ndarray[Any, Any]]], None] | None = None,
 ) -> list[Any]:
-    """One response per request, in order (Triton requires exactly that).
-
-    With `allocate`, each batched input is assembled in the array it returns (a GPU instance's
-    pinned host buffer, say) rather than in a new one: the one host copy a batch needs anyway.
-    With `check`, each request's inputs are checked first: one it refuses (raising one of the
-    `invalid` exceptions) gets INVALID_ARGUMENT and stays out of the batch.
-    """
+    """One response per request, in order (Triton requires exactly that)."""
     responses: list[Any] = [None] * len(requests)
     feeds: list[dict[str, np.ndarray[Any, Any]]] = []
     groups: dict[tuple[Any, ...], list[int]] = {}
@@ -74,16 +64,10 @@ def execute_batched(
             if tensor is not None:  # an optional input the request left out
                 arrays[name] = tensor.as_numpy()
         feeds.append(arrays)
-        if check is not None:
-            try:
-                check(arrays)
-            except invalid as exc:
-                responses[index] = _error(f"invalid input: {exc}", pb_utils.TritonError.INVALID_ARG)
-                continue
         key = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(arrays.items())) if batching else (index,)
         groups.setdefault(key, []).append(index)
     for members in groups.values():
-        _run_group(requests, feeds, members, output_names, run, batching, invalid, responses, allocate)
+        _run_group(requests, feeds, members, output_names, run, batching, invalid, responses)
     return responses
 
 
@@ -96,9 +80,8 @@ def _run_group(
     batching: bool,
     invalid: tuple[type[BaseException], ...],
     responses: list[Any],
-    allocate: Allocate | None = None,
 ) -> None:
-    batch = {name: _assemble([feeds[i][name] for i in members], name, allocate) for name in feeds[members[0]]}
+    batch = {name: _assemble([feeds[i][name] for i in members]) for name in feeds[members[0]]}
     try:
         results = run(batch)
         missing = [name for name in output_names if name not in results]
@@ -107,7 +90,7 @@ def _run_group(
     except Exception as exc:
         if len(members) > 1:  # find the request(s) at fault, whatever the error; the others get their answer
             for index in members:
-                _run_group(requests, feeds, [index], output_names, run, batching, invalid, responses, allocate)
+                _run_group(requests, feeds, [index], output_names, run, batching, invalid, responses)
             return
         if isinstance(exc, invalid):
             responses[members[0]] = _error(f"invalid input: {exc}", pb_utils.TritonError.INVALID_ARG)
@@ -128,16 +111,8 @@ def _run_group(
         offset += size
 
 
-def _assemble(parts: list[np.ndarray[Any, Any]], name: str, allocate: Allocate | None) -> np.ndarray[Any, Any]:
-    if allocate is None or parts[0].dtype == object:
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-    shape = (sum(len(p) for p in parts), *parts[0].shape[1:]) if len(parts) > 1 else parts[0].shape
-    out = allocate(name, shape, parts[0].dtype)
-    if len(parts) == 1:
-        np.copyto(out, parts[0])
-    else:
-        np.concatenate(parts, out=out)
-    return out
+def _assemble(parts: list[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _error(message: str, code: Any) -> Any:

@@ -189,7 +189,7 @@ CASES = [
     Case(
         "output_dims",
         lambda c: c.output[0].dims.__setitem__(0, 7),
-        "the model expects 2 dimensions (shape [-1, 3])",
+        "the model expects 2 dimensions (shape [-1,3])",
         "dims[0] is 7 as declared but 3 in the graph",
     ),
     Case(

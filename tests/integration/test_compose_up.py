@@ -102,6 +102,10 @@ def wheelhouse_url() -> Iterator[str]:
 def images(engine: str, base_image: str, wheelhouse_url: str) -> dict[str, str]:
     """The kit image and the Debian Prometheus image, built with the plain builder."""
     started = time.monotonic()
+    # As `make image` does: the onnxruntime backend this machine built, into the build context.
+    staged = ROOT / ".triton" / "image" / "onnxruntime-backend"
+    shutil.rmtree(staged.parent, ignore_errors=True)
+    checked(sys.executable, "-m", "server.onnxruntime_backend", "--copy-to", str(staged))
     checked(
         engine, "build", "--network", "host", "--file", str(ROOT / "deploy/docker/Dockerfile"),
         "--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", f"PIP_FIND_LINKS={wheelhouse_url}",

@@ -29,7 +29,7 @@ from server.embedded import (
     server_environment,
 )
 from server.supervisor import kill_group, stub_processes
-from tests.conftest import ROOT, linear_model
+from tests.conftest import ROOT, echo_model, linear_model
 from tests.integration.conftest import build_entries, make_server
 
 pytestmark = [pytest.mark.server]
@@ -56,7 +56,7 @@ def slow_model(seconds: float, max_batch_size: int = 1, max_queue_size: int | No
 def test_a_killed_backend_process_costs_no_request_of_a_retrying_client(tmp_path: Path) -> None:
     """kill -9 of the stub serving a model under load: the supervisor reloads the model, and the
     client's retries carry every request over the gap (Triton alone fails them for good)."""
-    repo = build_entries(tmp_path, linear_model(dynamic_batching={"max_queue_delay_microseconds": 500}))
+    repo = build_entries(tmp_path, echo_model(dynamic_batching={"max_queue_delay_microseconds": 500}))
     server = make_server(repo, tmp_path)
     server.start(timeout_s=240)
     stop = threading.Event()
@@ -66,7 +66,7 @@ def test_a_killed_backend_process_costs_no_request_of_a_retrying_client(tmp_path
         with TritonClient(server.grpc_url, retries=4, backoff_s=0.2) as client:
             while not stop.is_set():
                 try:
-                    client.infer("linear", {"x": X})
+                    client.infer("echo", {"x": X})
                     outcomes.append((time.monotonic(), None))
                 except ClientError as error:
                     outcomes.append((time.monotonic(), error))
@@ -76,7 +76,7 @@ def test_a_killed_backend_process_costs_no_request_of_a_retrying_client(tmp_path
             for _ in range(4):
                 pool.submit(load)
             time.sleep(1.0)
-            (victim,) = [pid for pid, name in stub_processes(server.pid or 0).items() if name.startswith("linear_")]
+            (victim,) = [pid for pid, name in stub_processes(server.pid or 0).items() if name.startswith("echo_")]
             killed_at = time.monotonic()
             os.kill(victim, signal.SIGKILL)
             deadline = time.monotonic() + 60
@@ -89,7 +89,7 @@ def test_a_killed_backend_process_costs_no_request_of_a_retrying_client(tmp_path
         stop.set()
         server.stop()
     (reload,) = server.reloads or [{}]
-    assert reload.get("model") == "linear" and "error" not in reload, reload
+    assert reload.get("model") == "echo" and "error" not in reload, reload
     failures = [error for _, error in outcomes if error is not None]
     after = [error for at, error in outcomes if at > killed_at]
     print(
@@ -98,26 +98,26 @@ def test_a_killed_backend_process_costs_no_request_of_a_retrying_client(tmp_path
     )
     assert failures == []
     assert len(after) > 20  # the load went on through the gap and after it
-    assert "[kit supervisor]" in log and "died: reloading model 'linear'" in log
+    assert "[kit supervisor]" in log and "died: reloading model 'echo'" in log
 
 
 def test_a_reload_with_a_new_config_is_not_mistaken_for_dead_stubs(tmp_path: Path) -> None:
     """A load request with a config override retires the old instances' stubs: the supervisor
     leaves them be, so the new config stays served (reloading would race it back to the old one)."""
-    repo = build_entries(tmp_path, linear_model(dynamic_batching={"max_queue_delay_microseconds": 500}))
+    repo = build_entries(tmp_path, echo_model(dynamic_batching={"max_queue_delay_microseconds": 500}))
     server = make_server(repo, tmp_path)
     server.start(timeout_s=240)
     try:
         with TritonClient(server.grpc_url, timeout_s=60) as client:
-            config = client.config("linear")
+            config = client.config("echo")
             for count in (3, 1, 2):
                 config["instance_group"][0]["count"] = count
-                client.load_model("linear", config=json.dumps(config))
+                client.load_model("echo", config=json.dumps(config))
                 time.sleep(2.0)  # several supervisor scans after the old stubs left
-                served = client.config("linear")["instance_group"][0]["count"]
-                instances = [n for n in stub_processes(server.pid or 0).values() if n.startswith("linear_")]
+                served = client.config("echo")["instance_group"][0]["count"]
+                instances = [n for n in stub_processes(server.pid or 0).values() if n.startswith("echo_")]
                 assert (served, len(instances)) == (count, count), (count, served, instances, server.reloads)
-                assert client.infer("linear", {"x": X})
+                assert client.infer("echo", {"x": X})
     finally:
         server.stop()
     assert server.reloads == []
@@ -159,7 +159,7 @@ def test_a_model_unloading_in_a_drain_is_answered_as_unavailable_and_in_flight_w
 def test_the_containers_supervisor_script_brings_a_killed_stub_back_and_drains_on_sigterm(tmp_path: Path) -> None:
     """What docker-compose.yml and the Kubernetes manifests run, with the wheel's tritonserver in
     place of the NGC image's: the same script and flags, the same recovery as `make serve`."""
-    repo = build_entries(tmp_path, linear_model())
+    repo = build_entries(tmp_path, echo_model())
     ports = make_server(repo, tmp_path)  # for its free ports and backends folder
     installation = find_installation()
     prepare_backends(ports.backend_dir, installation)
@@ -180,15 +180,15 @@ def test_the_containers_supervisor_script_brings_a_killed_stub_back_and_drains_o
             assert wrapper.poll() is None, log.read_text()
             time.sleep(0.2)
         (server_pid,) = [int(p) for p in Path(f"/proc/{wrapper.pid}/task/{wrapper.pid}/children").read_text().split()]
-        (victim,) = [pid for pid, name in stub_processes(server_pid).items() if name.startswith("linear_")]
+        (victim,) = [pid for pid, name in stub_processes(server_pid).items() if name.startswith("echo_")]
         with TritonClient(ports.grpc_url, retries=8, backoff_s=0.25) as client:
-            expected = client.infer("linear", {"x": X})["y"]
+            expected = client.infer("echo", {"x": X})["y"]
             os.kill(victim, signal.SIGKILL)
             deadline = time.monotonic() + 60
             while "serves again" not in log.read_text() and time.monotonic() < deadline:
                 time.sleep(0.2)
-            np.testing.assert_array_equal(client.infer("linear", {"x": X})["y"], expected)
-        assert "stub process of linear_0_0 died: reloading model 'linear'" in log.read_text()
+            np.testing.assert_array_equal(client.infer("echo", {"x": X})["y"], expected)
+        assert "stub process of echo_0_0 died: reloading model 'echo'" in log.read_text()
         wrapper.send_signal(signal.SIGTERM)
         assert wrapper.wait(timeout=60) == 0, log.read_text()
         assert not Path(f"/proc/{server_pid}").exists() and stub_processes(server_pid) == {}

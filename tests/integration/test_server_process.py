@@ -25,9 +25,10 @@ def test_stop_ends_the_server_and_its_stub_processes(tiny_repository: Path, tmp_
     try:
         pgid = server.pid
         assert pgid is not None
-        assert len(process_group(pgid)) >= 2  # tritonserver and the model's stub
+        assert len(process_group(pgid)) >= 2  # tritonserver and the Python model's stub
         with TritonClient(server.grpc_url) as client:
             assert client.infer("linear", {"x": np.ones((2, 4), dtype=np.float32)})["y"].shape == (2, 3)
+            assert client.infer("echo", {"x": np.ones((2, 4), dtype=np.float32)})["y"].shape == (2, 4)
     finally:
         server.stop()
     assert process_group(pgid) == []

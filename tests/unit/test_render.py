@@ -6,28 +6,17 @@ from pathlib import Path
 
 import jinja2
 import pytest
-import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from builder import render
 from builder.errors import RenderError
-from builder.render import pads_batches, parse_config, render_config, render_python_model
-from builder.source import instantiate
+from builder.render import parse_config, render_config, render_python_model
 from builder.spec import OnnxModelSpec, PythonModelSpec, load_spec
 from tests.conftest import ROOT, linear_model
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 EXAMPLES = [m.name for m in load_spec(ROOT / "models.yaml").models]
-
-
-def convolutional(model: object) -> bool:
-    """What the build finds in the exported graph (it decides `gpu.pad_batch: auto`), taken here
-    from the PyTorch module that graph is exported from."""
-    if not isinstance(model, OnnxModelSpec):
-        return False
-    module = instantiate(model, model.versions[0])
-    return any(isinstance(layer, torch.nn.modules.conv._ConvNd) for layer in module.modules())
 
 
 # Specs exercising every block the template knows, each with its own golden file per target.
@@ -99,7 +88,7 @@ def golden(target: str, name: str) -> str:
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_configs_equal_their_golden_files(name: str, target: str) -> None:
     model = load_spec(ROOT / "models.yaml").model(name)
-    rendered = render_config(model, "models.yaml", target, convolutional=convolutional(model))
+    rendered = render_config(model, "models.yaml", target)
     assert rendered == golden(target, name)
 
 
@@ -131,7 +120,7 @@ def test_variant_configs_equal_their_golden_files(name: str, target: str) -> Non
     assert isinstance(base, OnnxModelSpec)
     variant = base.variant(name)
     served = base.served_variant(variant)
-    rendered = render_config(served, "models.yaml", target, variant, convolutional=convolutional(base))
+    rendered = render_config(served, "models.yaml", target, variant)
     assert rendered == golden(target, name)
 
 
@@ -252,30 +241,36 @@ def test_python_models_get_no_generated_warmup_even_on_gpu() -> None:
         assert not config.model_warmup, model.name
 
 
-@pytest.mark.parametrize(
-    ("pad_batch", "max_batch_size", "convolutional", "expected"),
-    [
-        ("auto", 8, True, True),  # cuDNN re-plans convolutions at every new batch size
-        ("auto", 8, False, False),
-        (False, 8, True, False),
-        (True, 8, False, True),
-        (True, 0, True, False),  # no batch dimension: nothing to pad
-    ],
-)
-def test_gpu_batches_are_padded_as_the_spec_or_the_graph_asks(
-    pad_batch: object, max_batch_size: int, convolutional: bool, expected: bool, write_spec
-) -> None:
-    entry = linear_model(max_batch_size=max_batch_size, gpu={"pad_batch": pad_batch})
-    if max_batch_size == 0:
-        entry["inputs"][0]["dims"] = [1, 4]
-        entry["outputs"][0]["dims"] = [1, 3]
-    model = load_spec(write_spec(entry)).models[0]
-    assert isinstance(model, OnnxModelSpec)
-    assert pads_batches(model, convolutional) is expected
-    gpu = text_format.Parse(render_config(model, "m.yaml", "gpu", convolutional=convolutional), pb.ModelConfig())
-    cpu = text_format.Parse(render_config(model, "m.yaml", "cpu", convolutional=convolutional), pb.ModelConfig())
-    assert ("pad_to_max_batch_size" in gpu.parameters) is expected
-    assert "pad_to_max_batch_size" not in cpu.parameters
+# The `parameters` keys Triton's C++ onnxruntime backend r24.10 reads (src/onnxruntime.cc): a config
+# the kit renders for an ONNX model means the same to the embedded server and to the NGC container.
+ONNXRUNTIME_BACKEND_PARAMETERS = {
+    "intra_op_thread_count",
+    "inter_op_thread_count",
+    "execution_mode",
+    "enable_mem_arena",
+    "enable_mem_pattern",
+    "memory.enable_memory_arena_shrinkage",
+    "cudnn_conv_algo_search",
+    "gpu_mem_limit",
+    "arena_extend_strategy",
+    "do_copy_in_default_stream",
+}
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_the_kit_adds_only_parameters_the_onnxruntime_backend_reads(target: str, write_spec) -> None:
+    spec = load_spec(ROOT / "models.yaml")
+    features = [load_spec(write_spec(entry)).models[0] for entry in FEATURES.values()]
+    models = [*spec.of_kind(OnnxModelSpec), *(m for m in features if isinstance(m, OnnxModelSpec))]
+    rendered = []
+    for model in models:
+        for variant in (None, *(v for v in model.variants if v.format == "onnx")):
+            served = model if variant is None else model.served_variant(variant)
+            config = text_format.Parse(render_config(served, "models.yaml", target, variant), pb.ModelConfig())
+            rendered.append(config.name)
+            added = set(config.parameters) - set(served.parameters)  # the spec's own pass through as written
+            assert added <= ONNXRUNTIME_BACKEND_PARAMETERS, (config.name, added)
+    assert {"image_classifier", "text_encoder", "text_encoder_int8"} <= set(rendered)
 
 
 def test_gpu_count_sets_the_instances_on_the_gpu_target_only(write_spec) -> None:
