@@ -44,10 +44,12 @@ class Fingerprint:
     inputs: dict[str, Any]
 
 
-def fingerprint(model: OnnxModelSpec, version: VersionSpec, root: Path) -> Fingerprint:
-    """Hash the source files, weights, export-relevant spec fields and tool versions."""
+def fingerprint(model: OnnxModelSpec, version: VersionSpec, root: Path, pad_batch: object = False) -> Fingerprint:
+    """Hash the source files, weights, export-relevant spec fields, tool versions and whether the
+    graph pads its batch (`gpu.pad_batch` on the gpu target, builder/padding.py)."""
     weights = model.weights_for(version)
     inputs = {
+        "pad_batch": pad_batch,
         "spec": model.model_dump(mode="json", include=_EXPORT_FIELDS),
         "version": version.version,
         "source_files": {_relative(p, root): sha256_file(p) for p in source_files(model.source)},

@@ -24,6 +24,7 @@ from builder.check import check_repository
 from builder.errors import BuildError, RepositoryError
 from builder.export import export_onnx
 from builder.fingerprint import BUILD_RECORD, Fingerprint, fingerprint, read_record, sha256_file
+from builder.padding import has_convolutions, pad_batch
 from builder.progress import heartbeat
 from builder.python_model import assemble_python_model
 from builder.render import FORMATS, label_filename, render_config
@@ -143,7 +144,7 @@ def _build_model(
     for version in versions_of(model):
         started = time.perf_counter()
         try:
-            status, detail = _build_version(spec, model, version, workspace, force, log)
+            status, detail = _build_version(spec, model, version, workspace, force, target, log)
         except BuildError as exc:
             ok = False
             elapsed = time.perf_counter() - started
@@ -259,18 +260,24 @@ def _write_config(
 
 
 def _build_version(
-    spec: Spec, model: AnyModelSpec, version: int, workspace: Workspace, force: bool, log: Callable[[str], None]
+    spec: Spec,
+    model: AnyModelSpec,
+    version: int,
+    workspace: Workspace,
+    force: bool,
+    target: Target,
+    log: Callable[[str], None],
 ) -> tuple[Status, str]:
-    target = workspace.staging / model.name / str(version)
+    staged = workspace.staging / model.name / str(version)
     if isinstance(model, EnsembleSpec):
-        target.mkdir(parents=True)  # Triton wants a version directory, even an empty one
+        staged.mkdir(parents=True)  # Triton wants a version directory, even an empty one
         return "built", f"{len(model.steps)} steps: " + " -> ".join(s.model for s in model.steps)
     if isinstance(model, PythonModelSpec):
-        detail = assemble_python_model(model, spec.path.name, target)
+        detail = assemble_python_model(model, spec.path.name, staged)
         log(f"{model.name} v{version}: assembled")
         return "built", detail
     return _build_onnx_version(
-        spec, model, next(v for v in model.versions if v.version == version), workspace, force, log
+        spec, model, next(v for v in model.versions if v.version == version), workspace, force, target, log
     )
 
 
@@ -280,14 +287,16 @@ def _build_onnx_version(
     version: VersionSpec,
     workspace: Workspace,
     force: bool,
+    target: Target,
     log: Callable[[str], None],
 ) -> tuple[Status, str]:
     filename = FORMATS["onnx"].filename
-    target = workspace.staging / model.name / str(version.version)
+    staged = workspace.staging / model.name / str(version.version)
     previous = workspace.repository / model.name / str(version.version)
-    current = fingerprint(model, version, spec.path.parent)
+    pads = model.gpu.pad_batch if target == "gpu" and model.max_batch_size > 0 else False
+    current = fingerprint(model, version, spec.path.parent, pads)
     if not force and read_record(previous).get("fingerprint") == current.digest and (previous / filename).is_file():
-        link_tree(previous, target)
+        link_tree(previous, staged)
         log(f"{model.name} v{version.version}: unchanged, reused")
         return "cached", "inputs unchanged since the last build"
     log(f"{model.name} v{version.version}: loading {model.source}")
@@ -302,12 +311,17 @@ def _build_onnx_version(
     log(f"{label}: verifying")
     with heartbeat(log, f"{label}: verification"):
         report = verify_onnx(module, model, work / filename)
+    if pads is True or (pads == "auto" and has_convolutions(work / filename)):
+        pad_batch(work / filename, model.max_batch_size)
+        with heartbeat(log, f"{label}: verification of the padded graph"):
+            report = verify_onnx(module, model, work / filename)
+        report.notes.append(f"every batch runs at {model.max_batch_size} inside the graph (gpu.pad_batch)")
     verified = time.perf_counter()
     for note in report.notes:
         log(f"{model.name} v{version.version}: {note}")
     _write_record(work / BUILD_RECORD, model, version, current, report, exported - started, verified - exported)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work.rename(target)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    work.rename(staged)
     with contextlib.suppress(OSError):  # the model's work directory, once its last version moved out
         work.parent.rmdir()
     worst = max((o.max_abs_error for o in report.outputs.values()), default=0.0)

@@ -206,6 +206,8 @@ class EmbeddedTriton:
     log_verbose: int = 0
     extra_args: Sequence[str] = ()
     log_file: Path | None = None
+    assemble_backends: bool = True
+    """Assemble `backend_dir` at start (prepare_backends); False serves a folder assembled elsewhere as it is."""
     supervise: bool = True
     """Reload a model whose stub process died (see server.supervisor); with model_control_mode
     "none" the server then runs in explicit mode with every model loaded at start."""
@@ -291,7 +293,8 @@ class EmbeddedTriton:
                 "or choose other ports (TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT)"
             )
         installation = find_installation()
-        prepare_backends(self.backend_dir, installation)
+        if self.assemble_backends:
+            prepare_backends(self.backend_dir, installation)
         self._key = self.admin_key or secrets.token_urlsafe(24)
         self._reloads.clear()
         if self.log_file is not None:
