@@ -9,6 +9,7 @@ models: every ensemble is a valid graph over the configs of the models it calls.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -380,6 +381,11 @@ def _plan_record(config: pb.ModelConfig, config_path: Path, version: Path, plans
 
 def _onnx_signature(config: pb.ModelConfig, config_path: Path, model_file: Path) -> Iterator[Problem]:
     proto = onnx.load(str(model_file), load_external_data=False)
+    # As Triton's onnxruntime backend reads the graph: ONNX Runtime merges what it infers, from the
+    # annotations of intermediate values too, into the declared outputs (an exporter's traced size
+    # can pin a dim the output leaves symbolic), and refuses a config that disagrees with that.
+    with contextlib.suppress(onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        proto = onnx.shape_inference.infer_shapes(proto)
     model = config.name or config_path.parent.name
     for line in check_signature(proto, config.max_batch_size, _tensors(config.input), _tensors(config.output), model):
         subject, _, rule = line.partition(": ")

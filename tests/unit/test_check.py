@@ -188,3 +188,35 @@ def test_tensors_of_a_plan_are_left_to_the_server_to_complete_unless_strict(tmp_
     strict = [str(p) for p in check_repository(tmp_path / "repo", strict_model_config=True)]
     assert any("model input 'x' must specify 'data_type'" in line for line in strict), strict
     assert any("model input 'x' must specify 'dims'" in line for line in strict), strict
+
+
+def test_an_output_dim_pinned_by_an_intermediate_annotation_is_read_as_onnx_runtime_reads_it(tmp_path: Path) -> None:
+    """The graph's output leaves a dim symbolic, but an annotated intermediate value fixes it (as an
+    exporter's traced size does): ONNX Runtime, and so Triton's onnxruntime backend, merges the two
+    into the fixed size and refuses a config declaring it variable. The check reads it the same way."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    hidden = helper.make_tensor_value_info("h", TensorProto.FLOAT, ["n", 32])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "pinned",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "t"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "t"])],
+        value_info=[hidden],
+    )
+    (tmp_path / "pinned" / "1").mkdir(parents=True)
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9),
+        tmp_path / "pinned" / "1" / "model.onnx",
+    )
+    (tmp_path / "pinned" / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+        'input { name: "x" data_type: TYPE_FP32 dims: [-1] }\noutput { name: "y" data_type: TYPE_FP32 dims: [-1] }\n'
+    )
+    # Triton 2.51 refuses it: "the model expects 2 dimensions (shape [-1,32]) but the model configuration
+    # specifies 2 dimensions (... making complete shape [-1,-1])".
+    lines = lines_for(check_repository(tmp_path), "pinned")
+    assert any(
+        "output 'y': dims[0] is variable (-1) as declared, but the graph fixes it at 32" in line for line in lines
+    ), lines
