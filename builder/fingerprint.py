@@ -44,7 +44,7 @@ class Fingerprint:
     inputs: dict[str, Any]
 
 
-def fingerprint(model: OnnxModelSpec, version: VersionSpec, root: Path, pad_batch: object = False) -> Fingerprint:
+def fingerprint(model: OnnxModelSpec, version: VersionSpec, root: Path, pad_batch: bool | str = False) -> Fingerprint:
     """Hash the source files, weights, export-relevant spec fields, tool versions and whether the
     graph pads its batch (`gpu.pad_batch` on the gpu target, builder/padding.py)."""
     weights = model.weights_for(version)

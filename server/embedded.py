@@ -7,8 +7,8 @@ only. The kit assembles a backends directory of its own next to it:
     <backend-dir>/onnxruntime/   Triton's own C++ ONNX Runtime backend, built from its r24.10
                                  sources against the environment's onnxruntime (server.onnxruntime_backend)
 
-so `platform: "onnxruntime_onnx"` configs load unchanged and run as in the NGC container. The server runs in its own process
-group, which `stop()` always ends, stub processes included.
+so `platform: "onnxruntime_onnx"` configs load unchanged and run as in the NGC container. The
+server runs in its own process group, which `stop()` always ends, stub processes included.
 """
 
 from __future__ import annotations
