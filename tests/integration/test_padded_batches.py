@@ -83,3 +83,29 @@ def test_a_padded_graph_answers_each_request_with_its_own_rows(tmp_path: Path) -
         (local,) = run_onnx(original, [{"x": x}])
         assert answer.shape == (len(x), 3)
         np.testing.assert_allclose(answer, local["y"], atol=1e-6)
+
+
+def test_weights_listed_among_the_inputs_are_not_padded(tmp_path: Path) -> None:
+    """Older exporters list initializers as graph inputs too: only the request's inputs grow."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.arange(12, dtype=np.float32).reshape(4, 3)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "linear",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
+            helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), path)
+    pad_batch(path, 8)
+    x = np.ones((3, 4), dtype=np.float32)
+    (y,) = ort.InferenceSession(str(path)).run(None, {"x": x})
+    assert padded_to(path) == 8
+    np.testing.assert_allclose(y, x @ weight)
