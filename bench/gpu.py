@@ -1,10 +1,11 @@
 """Benchmark: the example models served on the GPU by the embedded server, against ONNX Runtime's
 CUDA provider in-process at the batch the server formed, side by side in one run.
 
-    make build-repo && .venv/bin/python bench/gpu.py [--repo model_repository] [--seconds 8]
+    make build-repo && .venv/bin/python bench/gpu.py [--repo model_repository] [--seconds 8] [--rounds 3]
 
 On a GPU host (`make build-repo` builds for the gpu target there). It measures:
-- served throughput of batch-1 requests at 16/64/256 concurrent requests, spread over client
+- served throughput of batch-1 requests at 16/64/256 concurrent requests (the median of
+  `--rounds` rounds, with each round's rate), spread over client
   processes so the generator is not the limit (their CPU is reported), over gRPC and, for
   images, with the tensors in system shared memory; with the server's own breakdown (queue,
   input, infer, output) and GPU utilisation sampled by nvidia-smi;
@@ -204,24 +205,39 @@ class GpuSampler:
         }
 
 
-def served(server: EmbeddedTriton, seconds: float, processes: int) -> dict[str, Any]:
+def served(server: EmbeddedTriton, seconds: float, processes: int, rounds: int) -> dict[str, Any]:
+    """Each load point `rounds` times in turn (the rounds of one point apart, so drift of the
+    shared host spreads over all points); the median round's figures, with every round's rate."""
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    results: dict[str, Any] = {}
-    for model in MODELS:
-        modes = [("grpc", False), ("grpc_system_shm", True)] if model == "image_classifier" else [("grpc", False)]
-        for mode, use_shm in modes:
-            for concurrency in CONCURRENCY:
-                before = statistics_of(client, model)
-                try:
-                    with GpuSampler() as sampler:
-                        load = drive(server.grpc_url, model, concurrency, seconds, use_shm, processes)
-                except Exception as exc:  # one failed point must not cost the others
-                    print(f"served {model} {mode} c{concurrency}: failed: {exc!r}", flush=True)
-                    continue
-                figures = {**load, **breakdown(before, statistics_of(client, model)), **sampler.figures}
-                results.setdefault(model, {}).setdefault(mode, {})[f"concurrency_{concurrency}"] = figures
-                print(f"served {model} {mode} c{concurrency}: {figures}", flush=True)
+    runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for round_ in range(rounds):
+        for model in MODELS:
+            modes = [("grpc", False), ("grpc_system_shm", True)] if model == "image_classifier" else [("grpc", False)]
+            for mode, use_shm in modes:
+                for concurrency in CONCURRENCY:
+                    before = statistics_of(client, model)
+                    try:
+                        with GpuSampler() as sampler:
+                            load = drive(server.grpc_url, model, concurrency, seconds, use_shm, processes)
+                    except Exception as exc:  # one failed point must not cost the others
+                        print(f"served {model} {mode} c{concurrency}: failed: {exc!r}", flush=True)
+                        continue
+                    figures = {**load, **breakdown(before, statistics_of(client, model)), **sampler.figures}
+                    runs.setdefault((model, mode, concurrency), []).append(figures)
+                    print(f"round {round_ + 1} served {model} {mode} c{concurrency}: {figures}", flush=True)
     client.close()
+    results: dict[str, Any] = {}
+    for (model, mode, concurrency), rounds_run in runs.items():
+        ordered = sorted(rounds_run, key=lambda f: f["requests_per_s"])
+        median = ordered[len(ordered) // 2]
+        rates = [f["requests_per_s"] for f in rounds_run]
+        results.setdefault(model, {}).setdefault(mode, {})[f"concurrency_{concurrency}"] = {
+            **median,
+            "rounds_requests_per_s": rates,
+            "spread": round((max(rates) - min(rates)) / median["requests_per_s"], 3)
+            if median["requests_per_s"]
+            else None,
+        }
     return results
 
 
@@ -428,6 +444,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=Path, default=ROOT / "model_repository")
     parser.add_argument("--seconds", type=float, default=8.0, help="per served load point")
+    parser.add_argument("--rounds", type=int, default=3, help="of each served load point; the median is kept")
     parser.add_argument("--processes", type=int, default=max(2, len(os.sched_getaffinity(0)) // 2))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu.json")
     parser.add_argument(
@@ -462,7 +479,7 @@ def main() -> None:
             record.setdefault("backend_log", []).extend(
                 line for line in log.read_text().splitlines()[-400:] if "onnxruntime" in line
             )
-            record["served"][label] = served(server, args.seconds, args.processes)
+            record["served"][label] = served(server, args.seconds, args.processes, args.rounds)
             if count == args.instances[0]:
                 record.setdefault("served_sweep", {})[label] = {
                     m: sweep_served(server, m, max_batch[m], 20) for m in MODELS

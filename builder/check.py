@@ -28,6 +28,8 @@ from builder.render import FORMATS, parse_config
 from builder.server_schema import DEFAULT_SERVER_VERSION, fields_newer_than
 from builder.signature import check_signature
 from builder.targets import Target
+from clients.limits import FILENAME as LIMITS_FILENAME
+from clients.limits import InputLimits
 from server.runtime.triton_kit_compiled import PACKAGE, PROGRAM
 
 __all__ = ["PlanTarget", "Problem", "check_repository"]
@@ -146,6 +148,7 @@ def check_repository(
         )
         problems.extend(_model_files(model_dir, config_path, config, plans or PlanTarget()))
     problems.extend(_ensembles(configs))
+    problems.extend(_input_limits(root, configs))
     return problems
 
 
@@ -434,6 +437,37 @@ def _loaded_versions(config: pb.ModelConfig, model_dir: Path) -> frozenset[int]:
         return frozenset(v for v in policy.specific.versions if v in present)
     latest = policy.latest.num_versions if policy.HasField("latest") and policy.latest.num_versions else 1
     return frozenset(present[-latest:])
+
+
+def _input_limits(root: Path, configs: dict[str, tuple[Path, pb.ModelConfig]]) -> Iterator[Problem]:
+    """The clients' input limits (clients.limits) name models, inputs and ranks the configs have."""
+    path = root / LIMITS_FILENAME
+    if not path.is_file():
+        return
+    rebuild = "build the repository again (make build-repo), or delete the file"
+    try:
+        limits = InputLimits.load(path)
+    except ValueError as exc:
+        yield Problem(path, "(file)", "unreadable", str(exc), rebuild, kit_only=True)
+        return
+    for model, inputs in limits.models.items():
+        if model not in configs:
+            yield Problem(path, f"models.{model}", "present", "no model of the repository has this name", rebuild, True)
+            continue
+        declared = {t.name: list(t.dims) for t in configs[model][1].input}
+        for name, limit in inputs.items():
+            where = f"models.{model}.{name}"
+            if name not in declared:
+                rule = f"model {model!r} has no input {name!r}; its inputs are {sorted(declared)}"
+                yield Problem(path, where, "present", rule, rebuild, True)
+                continue
+            for key, bound in (("min_dims", limit.min_dims), ("max_dims", limit.max_dims)):
+                dims = declared[name]
+                if bound is None:
+                    continue
+                if len(bound) != len(dims) or any(d != -1 and d != b for d, b in zip(dims, bound, strict=False)):
+                    rule = f"does not fit the config's dims {dims} (a value per dim, equal to the fixed ones)"
+                    yield Problem(path, f"{where}.{key}", str(list(bound)), rule, rebuild, True)
 
 
 def _tensor_types(items: Sequence[pb.ModelInput] | Sequence[pb.ModelOutput]) -> dict[str, TensorType]:

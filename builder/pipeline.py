@@ -24,6 +24,7 @@ from builder.check import check_repository
 from builder.errors import BuildError, RepositoryError
 from builder.export import export_onnx
 from builder.fingerprint import BUILD_RECORD, Fingerprint, fingerprint, read_record, sha256_file
+from builder.limits import input_limits
 from builder.padding import has_convolutions, pad_batch
 from builder.progress import heartbeat
 from builder.python_model import assemble_python_model
@@ -44,6 +45,7 @@ from builder.spec import (
 from builder.targets import Target, detect_target
 from builder.variants import BaseVersion, Skipped, build_variant
 from builder.verify import VerificationReport, verify_onnx
+from clients.limits import FILENAME as LIMITS_FILENAME
 
 __all__ = ["BUILD_RECORD", "BuildSummary", "VersionResult", "build_repository"]
 
@@ -117,6 +119,8 @@ def build_repository(
                 failures.extend(_build_model(spec, model, workspace, force, target, summary, log))
             if failures:
                 raise BuildError(f"{len(failures)} problem(s); {repository} was left as it was:", problems=failures)
+            built = (entry.name for entry in workspace.staging.iterdir() if entry.is_dir())
+            input_limits(spec.models, built).write(workspace.staging / LIMITS_FILENAME)
             problems = check_repository(workspace.staging, target)
             if problems:
                 raise RepositoryError(
@@ -368,12 +372,13 @@ def _write_record(
 
 
 def _carry_over(repository: Path, staging: Path, models: set[str]) -> list[str]:
-    """Keep the repository's own top-level files (its README); return model dirs being dropped."""
+    """Keep the repository's own top-level files (its README) but those the build wrote anew;
+    return model dirs being dropped."""
     if not repository.is_dir():
         return []
     removed = []
     for entry in sorted(repository.iterdir()):
-        if entry.is_file():
+        if entry.is_file() and not (staging / entry.name).exists():
             shutil.copy2(entry, staging / entry.name)
         elif entry.is_dir() and entry.name not in models:
             removed.append(entry.name)

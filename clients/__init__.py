@@ -5,6 +5,7 @@ clients.address      where the server is: TRITON_HOST and TRITON_{GRPC,HTTP,METR
 clients.aio          AsyncTritonClient: the same calls as coroutines
 clients.errors       the errors both raise (translated in clients._boundary, nowhere else)
 clients.validation   inputs checked against the model's metadata before sending
+clients.limits       the repository's input_limits.json: bounds the config cannot state, checked too
 clients.retry        retries of calls the server refused as unavailable
 clients.channel      gRPC channel options (message sizes, keepalive)
 clients.shm          system shared memory regions for large inputs
@@ -26,6 +27,7 @@ from .errors import (
     ServerOverloaded,
     ServerUnavailable,
 )
+from .limits import InputLimits
 from .retry import RetryPolicy
 from .triton import TritonClient
 from .validation import ModelSignature
@@ -36,6 +38,7 @@ __all__ = [
     "GrpcChannelOptions",
     "InferenceFailed",
     "InferenceTimeout",
+    "InputLimits",
     "InvalidInput",
     "ModelNotReady",
     "ModelSignature",

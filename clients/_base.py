@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from os import PathLike
 from typing import Any, Literal
 
 import tritonclient.grpc as grpcclient
@@ -12,6 +13,7 @@ import tritonclient.http as httpclient
 from numpy.typing import NDArray
 
 from .channel import GrpcChannelOptions
+from .limits import InputLimits
 from .retry import RetryPolicy
 from .shm import InputRegions
 from .validation import ModelSignature, prepare, triton_dtype
@@ -50,6 +52,7 @@ class ClientBase:
         backoff_s: float,
         channel_options: GrpcChannelOptions | None,
         admin_key: str | None = None,
+        limits: InputLimits | str | PathLike[str] | None = None,
     ) -> None:
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol {protocol!r} is not supported; use 'grpc' or 'http'")
@@ -61,6 +64,7 @@ class ClientBase:
         self.retry = RetryPolicy(retries=retries, backoff_s=backoff_s)
         self.channel_options = channel_options or GrpcChannelOptions()
         self.admin_key = admin_key if admin_key is not None else os.environ.get("TRITON_ADMIN_KEY") or None
+        self.limits = limits if isinstance(limits, InputLimits) or limits is None else InputLimits.load(limits)
         self._signatures: dict[tuple[str, str], ModelSignature] = {}
         # Shared memory regions the server would not unregister yet: a request that timed out on
         # our side still reads them. Retried before the next shared-memory call and on close().
@@ -86,6 +90,10 @@ class ClientBase:
         if self.protocol != "grpc":
             return {}
         return {"client_timeout": timeout, **({"as_json": True} if as_json else {})}
+
+    def _signature(self, model: str, metadata: Mapping[str, Any], config: Mapping[str, Any]) -> ModelSignature:
+        limits = None if self.limits is None else self.limits.for_model(model)
+        return ModelSignature.from_server(metadata, config, limits)
 
     def _forget(self, model: str) -> None:
         """Drop a model's cached signature (it was loaded or unloaded, its config may differ)."""

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Mapping, Sequence
+from os import PathLike
 from types import TracebackType
 from typing import Any
 
@@ -25,6 +26,7 @@ from ._base import ClientBase, Protocol
 from ._boundary import DeadlineExpired, server_not_ready, translate
 from .channel import GrpcChannelOptions
 from .errors import ClientError, InferenceTimeout, ModelNotReady, ServerUnavailable
+from .limits import InputLimits
 from .shm import InputRegions
 from .validation import ModelSignature
 
@@ -44,6 +46,7 @@ class AsyncTritonClient(ClientBase):
         backoff_s: float = 0.05,
         channel_options: GrpcChannelOptions | None = None,
         admin_key: str | None = None,
+        limits: InputLimits | str | PathLike[str] | None = None,
     ) -> None:
         """Set the client up; it connects on the first call, inside the running event loop.
 
@@ -56,6 +59,9 @@ class AsyncTritonClient(ClientBase):
             channel_options: gRPC channel settings (message sizes, keepalive); ignored for HTTP.
             admin_key: sent with model control, repository index and shared-memory calls, which a
                 server started with TRITON_ADMIN_KEY locks; None reads TRITON_ADMIN_KEY.
+            limits: the repository's input limits (clients.limits: an InputLimits, the
+                ``input_limits.json`` the builder writes, or the repository folder); validation
+                then refuses dims and integer values the model declares it cannot run.
         """
         super().__init__(
             url,
@@ -65,6 +71,7 @@ class AsyncTritonClient(ClientBase):
             backoff_s=backoff_s,
             channel_options=channel_options,
             admin_key=admin_key,
+            limits=limits,
         )
         self._client: Any = None
 
@@ -180,7 +187,7 @@ class AsyncTritonClient(ClientBase):
         key = (model, version)
         if key not in self._signatures:
             metadata = await self.metadata(model, version=version)
-            self._signatures[key] = ModelSignature.from_server(metadata, await self.config(model, version=version))
+            self._signatures[key] = self._signature(model, metadata, await self.config(model, version=version))
         return self._signatures[key]
 
     async def models(self) -> list[dict[str, Any]]:

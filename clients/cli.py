@@ -41,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.url is None:
             args.url = server_url(args.protocol)
-        with TritonClient(args.url, protocol=args.protocol, timeout_s=args.timeout) as client:
+        limits = getattr(args, "limits", None)
+        with TritonClient(args.url, protocol=args.protocol, timeout_s=args.timeout, limits=limits) as client:
             status: int = args.run(client, args)
             return status
     except (ClientError, OSError, ValueError) as exc:  # a bad file or JSON is the caller's error too
@@ -74,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument("--text", action="append", default=[], metavar="STRING", help="repeatable")
     infer.add_argument("--output", action="append", metavar="NAME", help="only these outputs (repeatable)")
     infer.add_argument("--shared-memory", action="store_true", help="send inputs in system shared memory")
+    infer.add_argument(
+        "--limits", type=Path, metavar="PATH", help="refuse inputs beyond the repository's input_limits.json"
+    )
     infer.set_defaults(run=_infer)
 
     stats = commands.add_parser("stats", parents=[common], help="the server's statistics for a model")

@@ -16,6 +16,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from os import PathLike
 from types import TracebackType
 from typing import Any
 
@@ -28,6 +29,7 @@ from ._base import ClientBase, Protocol
 from ._boundary import server_not_ready, translate
 from .channel import GrpcChannelOptions
 from .errors import ClientError, InferenceTimeout, ModelNotReady, ServerUnavailable
+from .limits import InputLimits
 from .shm import InputRegions
 from .validation import ModelSignature
 
@@ -51,6 +53,7 @@ class TritonClient(ClientBase):
         backoff_s: float = 0.05,
         channel_options: GrpcChannelOptions | None = None,
         admin_key: str | None = None,
+        limits: InputLimits | str | PathLike[str] | None = None,
     ) -> None:
         """Open the connection (gRPC connects lazily, on the first call).
 
@@ -63,6 +66,9 @@ class TritonClient(ClientBase):
             channel_options: gRPC channel settings (message sizes, keepalive); ignored for HTTP.
             admin_key: sent with model control, repository index and shared-memory calls, which a
                 server started with TRITON_ADMIN_KEY locks; None reads TRITON_ADMIN_KEY.
+            limits: the repository's input limits (clients.limits: an InputLimits, the
+                ``input_limits.json`` the builder writes, or the repository folder); validation
+                then refuses dims and integer values the model declares it cannot run.
         """
         super().__init__(
             url,
@@ -72,6 +78,7 @@ class TritonClient(ClientBase):
             backoff_s=backoff_s,
             channel_options=channel_options,
             admin_key=admin_key,
+            limits=limits,
         )
         self._client: Any = self._connect()
         self._lock = threading.Lock()  # guards _busy_regions: a gRPC client is shared by threads
@@ -184,8 +191,8 @@ class TritonClient(ClientBase):
         """What `model` accepts, fetched on first use and cached on this client."""
         key = (model, version)
         if key not in self._signatures:
-            self._signatures[key] = ModelSignature.from_server(
-                self.metadata(model, version=version), self.config(model, version=version)
+            self._signatures[key] = self._signature(
+                model, self.metadata(model, version=version), self.config(model, version=version)
             )
         return self._signatures[key]
 

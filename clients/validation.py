@@ -9,7 +9,7 @@ InvalidInput naming the model, the input, the expected and the given value.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from tritonclient.utils import np_to_triton_dtype
 
 from .errors import InvalidInput
+from .limits import InputLimit
 
 __all__ = ["ModelSignature", "TensorSpec", "prepare", "triton_dtype"]
 
@@ -47,16 +48,24 @@ class ModelSignature:
         inputs: the inputs by name, in the model's order.
         outputs: the outputs by name.
         max_batch_size: the config's max_batch_size; 0 when the model does not batch.
+        limits: bounds the model declares beyond its config (clients.limits), by input name.
     """
 
     model: str
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
     max_batch_size: int
+    limits: Mapping[str, InputLimit] = field(default_factory=dict)
 
     @classmethod
-    def from_server(cls, metadata: Mapping[str, Any], config: Mapping[str, Any]) -> ModelSignature:
-        """Build from the model's metadata and (unwrapped) config, as either protocol returns them.
+    def from_server(
+        cls,
+        metadata: Mapping[str, Any],
+        config: Mapping[str, Any],
+        limits: Mapping[str, InputLimit] | None = None,
+    ) -> ModelSignature:
+        """Build from the model's metadata and (unwrapped) config, as either protocol returns them,
+        and the model's input limits where the client was given them.
 
         gRPC's JSON spells 64-bit integers as strings, hence the int() on every dimension.
         """
@@ -75,6 +84,7 @@ class ModelSignature:
             inputs=specs(metadata.get("inputs", [])),
             outputs=specs(metadata.get("outputs", [])),
             max_batch_size=int(config.get("max_batch_size", 0)),
+            limits=dict(limits or {}),
         )
 
     def check(self, inputs: Mapping[str, NDArray[Any]], outputs: Sequence[str] | None = None) -> None:
@@ -82,7 +92,7 @@ class ModelSignature:
 
         Raises:
             InvalidInput: an unknown or missing input, or an input of the wrong dtype, rank, fixed
-                dimension or batch size; or an unknown requested output.
+                dimension or batch size, or outside its declared limits; or an unknown requested output.
         """
         where = f"model {self.model!r}"
         for name in inputs:
@@ -104,6 +114,13 @@ class ModelSignature:
 
     def _check_tensor(self, spec: TensorSpec, array: NDArray[Any]) -> None:
         where = f"model {self.model!r} input {spec.name!r}"
+        self._check_form(where, spec, array)
+        limit = self.limits.get(spec.name)
+        problem = None if limit is None else limit.problem(array, batched=self.max_batch_size > 0)
+        if problem is not None:
+            raise InvalidInput(f"{where} {problem}")
+
+    def _check_form(self, where: str, spec: TensorSpec, array: NDArray[Any]) -> None:
         given = triton_dtype(array)
         if given != spec.datatype:
             raise InvalidInput(f"{where}: expected dtype {spec.datatype}, got {given} (numpy {array.dtype})")

@@ -239,3 +239,67 @@ def test_what_only_onnx_runtime_finds_fails_that_request_and_the_model_serves_on
     with torch.inference_mode():
         expected = text_encoder.build()(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     assert_close("text_encoder", "embedding", good, expected)
+
+
+def test_requests_past_the_shape_range_never_share_a_batch_with_good_ones(triton: EmbeddedTriton) -> None:
+    """Triton batches only requests of equal shapes, so an over-long sequence (or ids and mask of
+    different lengths) fails alone however many good requests arrive with it."""
+    rng = np.random.default_rng(6)
+    good = [token_batch(rng, [16], width=16) for _ in range(64)]
+    bad = [token_batch(rng, [200], width=200) for _ in range(16)] + [
+        (ids, np.ones((1, 17), np.int64)) for ids, _ in good[:16]
+    ]
+    work = [("good", pair) for pair in good] + [("bad", pair) for pair in bad]
+    order = np.random.default_rng(7).permutation(len(work))
+
+    def call(item: tuple[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray | Exception:
+        with TritonClient(triton.grpc_url, retries=0) as client:
+            try:
+                return client.infer("text_encoder", {"input_ids": item[1][0], "attention_mask": item[1][1]})[
+                    "embedding"
+                ]
+            except InferenceFailed as exc:
+                return exc
+
+    with TritonClient(triton.grpc_url) as client:
+        before = client.statistics("text_encoder")["model_stats"][0]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = dict(zip(order, pool.map(call, [work[i] for i in order]), strict=True))
+        after = client.statistics("text_encoder")["model_stats"][0]
+    failed_good = [i for i, (kind, _) in enumerate(work) if kind == "good" and isinstance(results[i], Exception)]
+    assert failed_good == [], [results[i] for i in failed_good[:3]]
+    assert all(isinstance(results[i], InferenceFailed) for i, (kind, _) in enumerate(work) if kind == "bad")
+    executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
+    assert executions < len(work), "requests were batched, good ones together"
+    encoder = text_encoder.build()
+    with torch.inference_mode():
+        for i, (ids, mask) in enumerate(good):
+            expected = encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+            assert_close("text_encoder", "embedding", results[i], expected)
+
+
+def test_a_client_given_the_input_limits_keeps_what_would_fail_a_batch_from_the_server(
+    triton: EmbeddedTriton, example_repository: Path
+) -> None:
+    """A token id beyond the vocabulary has the shape of good requests and would fail the whole
+    batch it joins; a client reading the repository's input_limits.json never sends it."""
+    rng = np.random.default_rng(8)
+    ids, mask = token_batch(rng, [16], width=16)
+    poisoned = ids.copy()
+    poisoned[0, 3] = 10**9
+    with TritonClient(triton.grpc_url, retries=0, limits=example_repository) as client:
+        before = client.statistics("text_encoder")["model_stats"][0]["inference_stats"]["fail"]
+        with pytest.raises(
+            InvalidInput, match=r"'input_ids' holds 1000000000, outside the model's value_range \[0, 8192\)"
+        ):
+            client.infer("text_encoder", {"input_ids": poisoned, "attention_mask": mask})
+        with pytest.raises(InvalidInput, match=r"'input_ids' dims \[200\] .* allowed 1\.\.128"):
+            client.infer("text_encoder_int8", {"input_ids": np.zeros((1, 200), np.int64), "attention_mask": mask})
+        good = client.infer("text_encoder", {"input_ids": ids, "attention_mask": mask})["embedding"]
+        after = client.statistics("text_encoder")["model_stats"][0]["inference_stats"]["fail"]
+    assert after == before, "nothing refused by the client reached the server"
+    with TritonClient(triton.grpc_url, retries=0) as client, pytest.raises(InferenceFailed, match="onnx runtime error"):
+        client.infer("text_encoder", {"input_ids": poisoned, "attention_mask": mask})  # what it would have got
+    with torch.inference_mode():
+        expected = text_encoder.build()(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    assert_close("text_encoder", "embedding", good, expected)

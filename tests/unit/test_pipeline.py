@@ -14,6 +14,7 @@ from builder.check import check_repository
 from builder.errors import BuildError, RepositoryError
 from builder.pipeline import build_repository
 from builder.repository import Workspace, swap_into_place
+from clients.limits import InputLimits
 from tests.conftest import linear_model, snapshot
 
 
@@ -97,10 +98,12 @@ def test_a_failed_build_leaves_the_repository_exactly_as_it_was(write_spec, repo
 def test_models_dropped_from_the_spec_are_removed_and_top_level_files_kept(write_spec, repo) -> None:
     build_repository(write_spec(linear_model("a"), linear_model("b")), repo, log=lambda _: None)
     (repo / "README.md").write_text("generated, do not edit\n")
+    (repo / "input_limits.json").write_text("stale")
     summary = build_repository(write_spec(linear_model("a")), repo, log=lambda _: None)
     assert summary.removed == ["b"]
-    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "a"]
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "a", "input_limits.json"]
     assert (repo / "README.md").read_text() == "generated, do not edit\n"
+    assert InputLimits.load(repo).models == {}  # written by this build, not carried over
 
 
 def test_a_second_build_of_the_same_repository_is_refused_while_one_runs(write_spec, repo) -> None:
