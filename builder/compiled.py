@@ -28,12 +28,14 @@ from numpy.typing import NDArray
 from builder.dtypes import by_triton
 from builder.errors import ConversionError
 from builder.export import dynamic_axes
+from builder.limits import input_limit
 from builder.samples import cases, export_case, make_inputs
 from builder.source import instantiate
 from builder.spec import OnnxModelSpec, VariantSpec, VersionSpec
 from builder.targets import Target
+from clients import limits as client_limits
 from server.embedded import BATCHING_RUNTIME, COMPILED_RUNTIME
-from server.runtime.triton_kit_compiled import PACKAGE, PRECISIONS, PROGRAM
+from server.runtime.triton_kit_compiled import LIMITS_RUNTIME, PACKAGE, PRECISIONS, PROGRAM
 
 __all__ = [
     "PACKAGE",
@@ -46,6 +48,9 @@ __all__ = [
     "run_compiled",
     "uses_cuda_graphs",
 ]
+
+LIMITS_MODULE = Path(client_limits.__file__)
+"""The clients' input limits, copied beside the runtime so it refuses what the clients do."""
 
 _RUN_TIMEOUT_S = 900
 
@@ -118,6 +123,7 @@ def build_compiled(
         **compile_identity(device),
         "inputs": [t.name for t in base.inputs],
         "outputs": [t.name for t in base.outputs],
+        "limits": compiled_limits(base),
         "options": {"max_autotune": variant.compile.max_autotune, **variant.compile.inductor},
         "seconds": {"export": round(time.perf_counter() - started, 3)},
     }
@@ -155,9 +161,19 @@ def uses_cuda_graphs(base: OnnxModelSpec, variant: VariantSpec, device: str) -> 
 def install_runtime(directory: Path) -> None:
     """The serving runtime as the version's model.py (and the batching helper it imports): copied
     on every build, reused versions included, since it is serving code, not a build input."""
-    for source, name in ((COMPILED_RUNTIME, "model.py"), (BATCHING_RUNTIME, BATCHING_RUNTIME.name)):
+    runtime = (
+        (COMPILED_RUNTIME, "model.py"),
+        (BATCHING_RUNTIME, BATCHING_RUNTIME.name),
+        (LIMITS_MODULE, LIMITS_RUNTIME),
+    )
+    for source, name in runtime:
         (directory / name).unlink(missing_ok=True)  # a reused version's files are links into the repository
         shutil.copy2(source, directory / name)
+
+
+def compiled_limits(base: OnnxModelSpec) -> dict[str, Any]:
+    """The inputs' limits, for the runtime to refuse before the compiled kernels index with them."""
+    return {t.name: limit.to_json() for t in base.inputs if (limit := input_limit(t)) is not None}
 
 
 def _capture(

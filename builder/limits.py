@@ -16,7 +16,7 @@ from builder.spec import AnyModelSpec, OnnxModelSpec
 from builder.spec.tensors import InputSpec
 from clients.limits import InputLimit, InputLimits
 
-__all__ = ["input_limits"]
+__all__ = ["input_limit", "input_limits"]
 
 
 def input_limits(models: Iterable[AnyModelSpec], served: Iterable[str]) -> InputLimits:
@@ -27,14 +27,15 @@ def input_limits(models: Iterable[AnyModelSpec], served: Iterable[str]) -> Input
         names = [model.name]
         if isinstance(model, OnnxModelSpec):
             names += [variant.name for variant in model.variants]  # variants serve the same inputs
-        limits = {tensor.name: limit for tensor in model.inputs if (limit := _limit(tensor)) is not None}
+        limits = {tensor.name: limit for tensor in model.inputs if (limit := input_limit(tensor)) is not None}
         for name in names:
             if limits and name in built:
                 declared[name] = limits
     return InputLimits(declared)
 
 
-def _limit(tensor: InputSpec) -> InputLimit | None:
+def input_limit(tensor: InputSpec) -> InputLimit | None:
+    """What `tensor` declares beyond its dims (`shape_range`, an integer input's `value_range`); None if nothing."""
     shapes = tensor.shape_range
     values = None
     if tensor.value_range is not None and tensor.dtype != "TYPE_STRING" and by_triton(tensor.dtype).is_integer:

@@ -29,6 +29,7 @@ from builder.compiled import (
     build_compiled,
     compile_device,
     compile_identity,
+    compiled_limits,
     install_runtime,
 )
 from builder.errors import AccuracyError, ConversionError
@@ -241,7 +242,9 @@ def _fingerprint(base: BaseVersion, variant: VariantSpec, gpu: Gpu | None, compi
         },
         "tools": {**tool_versions(), "tensorrt": installed_tensorrt()},
         "tensorrt": tensorrt,
-        "compiled": None if compiled_on is None else compile_identity(compiled_on),
+        "compiled": None
+        if compiled_on is None
+        else {**compile_identity(compiled_on), "limits": compiled_limits(base.model)},
     }
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     return Fingerprint(digest=digest, inputs=inputs)

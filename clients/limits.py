@@ -8,6 +8,10 @@ what the spec declares (`shape_range`, and `value_range` of integer inputs) to
 ``input_limits.json`` at the repository's root; a client given that file refuses what breaks it
 before the request can reach a batch. No server reads the file: it means the same next to the
 embedded server and the NGC container.
+
+The builder also copies this module beside each compiled variant's runtime (as
+`triton_kit_limits`), which refuses the same requests inside the server: a compiled kernel indexing
+out of bounds aborts its process. It imports nothing but numpy's typing for that reason.
 """
 
 from __future__ import annotations
@@ -70,7 +74,22 @@ class InputLimit:
         high = self.max_dims[axis] if self.max_dims is not None else None
         return f"{low}..{high}" if high is not None else f">= {low}"
 
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> InputLimit:
+        """The limit `to_json` wrote."""
+
+        def dims(key: str) -> tuple[int, ...] | None:
+            return None if key not in entry else tuple(int(d) for d in entry[key])
+
+        values = entry.get("values")
+        return cls(
+            min_dims=dims("min_dims"),
+            max_dims=dims("max_dims"),
+            values=None if values is None else (int(values[0]), int(values[1])),
+        )
+
     def to_json(self) -> dict[str, Any]:
+        """The limit as a JSON object, its unset bounds left out."""
         entry: dict[str, Any] = {}
         if self.min_dims is not None:
             entry["min_dims"] = list(self.min_dims)
@@ -113,7 +132,7 @@ class InputLimits:
         try:
             return cls(
                 {
-                    model: {name: _limit(entry) for name, entry in inputs.items()}
+                    model: {name: InputLimit.from_json(entry) for name, entry in inputs.items()}
                     for model, inputs in document["models"].items()
                 }
             )
@@ -137,15 +156,3 @@ class InputLimits:
     def write(self, path: str | PathLike[str]) -> None:
         """Write the document to `path`."""
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
-
-
-def _limit(entry: Mapping[str, Any]) -> InputLimit:
-    def dims(key: str) -> tuple[int, ...] | None:
-        return None if key not in entry else tuple(int(d) for d in entry[key])
-
-    values = entry.get("values")
-    return InputLimit(
-        min_dims=dims("min_dims"),
-        max_dims=dims("max_dims"),
-        values=None if values is None else (int(values[0]), int(values[1])),
-    )

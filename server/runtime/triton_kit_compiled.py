@@ -9,7 +9,8 @@ described by the build record beside it (`build.json`), in one of two forms:
 
 Shared by the builder (its warm-up and accuracy gate run this file in fresh processes, exactly
 as served) and by the model's version directory, where the builder copies it as `model.py` for
-Triton's Python backend. It imports nothing from the kit but `triton_kit_batching`, copied beside it.
+Triton's Python backend. It imports nothing from the kit but `triton_kit_batching` and
+`triton_kit_limits` (the clients' `clients/limits.py`), copied beside it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ PACKAGE = "model.pt2"
 PROGRAM = "program.pt2"
 CACHE = "inductor_cache.bin"
 RECORD = "build.json"
+LIMITS_RUNTIME = "triton_kit_limits.py"
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 """A variant's precision -> the torch dtype its floating-point inputs and weights take."""
 
@@ -40,6 +42,7 @@ class CompiledPackage:
         with open(os.path.join(directory, RECORD)) as handle:
             record = json.load(handle)
         compiled = record["compiled"]
+        self.limits: dict[str, dict[str, Any]] = compiled.get("limits", {})
         self.torch = torch
         self.device = torch.device(device)
         if compiled["device"] != self.device.type:
@@ -168,6 +171,7 @@ except ImportError:  # the builder's gate, or an import for type checking
 if pb_utils is not None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from triton_kit_batching import execute_batched, io_names, require_numpy_1
+    from triton_kit_limits import InputLimit
 
     class TritonPythonModel:
         """One instance: the package on the instance's own device (KIND_GPU: its GPU)."""
@@ -188,6 +192,7 @@ if pb_utils is not None:
                 self.package = CompiledPackage(directory, device)
             except (RuntimeError, OSError, KeyError) as exc:
                 raise pb_utils.TritonModelException(f"model '{args['model_name']}': {exc}") from None
+            self.limits = {name: InputLimit.from_json(entry) for name, entry in self.package.limits.items()}
             form = (
                 "AOTInductor package" if self.package.artifact == "aoti" else "compiled from Inductor's cache artifacts"
             )
@@ -198,9 +203,19 @@ if pb_utils is not None:
 
         def execute(self, requests: list[Any]) -> list[Any]:
             responses: list[Any] = execute_batched(
-                requests, self.input_names, self.output_names, self.package, batching=self.batching
+                requests, self.input_names, self.output_names, self._run, batching=self.batching
             )
             return responses
+
+        def _run(self, feeds: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
+            # A compiled kernel indexing out of bounds aborts the stub process (c10::Error is thrown
+            # where nothing catches it), taking every request of the instance with it. A ValueError
+            # here is answered INVALID_ARGUMENT for the request that holds the bad value only.
+            for name, limit in self.limits.items():
+                problem = limit.problem(feeds[name], batched=self.batching) if name in feeds else None
+                if problem is not None:
+                    raise ValueError(f"input {name!r} {problem}")
+            return self.package(feeds)
 
 
 if __name__ == "__main__":

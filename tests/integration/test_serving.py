@@ -303,3 +303,41 @@ def test_a_client_given_the_input_limits_keeps_what_would_fail_a_batch_from_the_
     with torch.inference_mode():
         expected = text_encoder.build()(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     assert_close("text_encoder", "embedding", good, expected)
+
+
+def test_a_compiled_variant_refuses_token_ids_it_would_index_out_of_bounds_with_and_serves_on(
+    triton: EmbeddedTriton,
+) -> None:
+    """A compiled kernel indexing past its embedding aborts the stub process. The runtime checks
+    the spec's value_range first: the bad request alone gets INVALID_ARGUMENT, every time, and the
+    good requests batched with it their answers."""
+    rng = np.random.default_rng(9)
+    good = [token_batch(rng, [16], width=16) for _ in range(24)]
+    bad = []
+    for value in (10**9, -5, 8192):
+        ids = good[0][0].copy()
+        ids[0, 5] = value
+        bad.append((ids, good[0][1]))
+
+    def call(pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray | Exception:
+        with TritonClient(triton.grpc_url, retries=0) as client:
+            try:
+                inputs = {"input_ids": pair[0], "attention_mask": pair[1]}
+                return client.infer("text_encoder_compiled", inputs, validate=False)["embedding"]
+            except (InvalidInput, InferenceFailed, ServerUnavailable) as exc:
+                return exc
+
+    for _ in range(2):  # a crash would show on the second round at the latest: its instance is gone
+        work = good + bad
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(call, work))
+        for value, result in zip((10**9, -5, 8192), results[len(good) :], strict=True):
+            assert isinstance(result, InvalidInput), result
+            assert f"input 'input_ids' holds {value}, outside the model's value_range [0, 8192)" in str(result)
+        failed = [r for r in results[: len(good)] if isinstance(r, Exception)]
+        assert failed == []
+    encoder = text_encoder.build()
+    with torch.inference_mode():
+        for (ids, mask), result in zip(good, results[: len(good)], strict=True):
+            expected = encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+            assert_close("text_encoder", "embedding", result, expected)

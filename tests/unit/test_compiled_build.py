@@ -50,7 +50,13 @@ def test_the_package_is_compiled_gated_and_recorded(built: tuple[Path, list[str]
     root, lines = built
     repo = root / "repo"
     version = repo / "linear_compiled" / "1"
-    assert {p.name for p in version.iterdir()} >= {"model.pt2", "model.py", "triton_kit_batching.py", "build.json"}
+    assert {p.name for p in version.iterdir()} >= {
+        "model.pt2",
+        "model.py",
+        "triton_kit_batching.py",
+        "triton_kit_limits.py",
+        "build.json",
+    }
     config = (repo / "linear_compiled" / "config.pbtxt").read_text()
     assert 'backend: "python"' in config and "kind: KIND_CPU" in config
     built_record = record(repo)
