@@ -1,7 +1,8 @@
 """`python -m server`: run the embedded Triton server in the foreground (what `make serve` does).
 
 Ports come from TRITON_HTTP_PORT, TRITON_GRPC_PORT and TRITON_METRICS_PORT (8000/8001/8002 by
-default) unless given as flags. Ctrl-C or SIGTERM stops the server and its stub processes.
+default) unless given as flags. Ctrl-C or SIGTERM drains the server (in-flight requests finish)
+and stops it with its stub processes; the same signal again, 2 s or more later, forces it down.
 A model whose stub process dies is reloaded (see server/supervisor.py). Log settings and tracing
 need the admin key, TRITON_ADMIN_KEY (header `admin-key`); set, model control needs it too.
 """
@@ -12,10 +13,15 @@ import argparse
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
 from server.embedded import EmbeddedTriton, ServerError
+
+REPEAT_IGNORED_S = 2.0
+"""A second signal sooner than this after the first is the same stop delivered twice (a signal to
+the process group reaches make too, and make forwards it to its recipe), not a person forcing."""
 
 # Triton 2.51 reports a host without NVIDIA's driver as errors, then serves on the CPU regardless.
 NO_GPU_NOTE = (
@@ -63,18 +69,22 @@ def main() -> int:
         supervise=not args.no_supervise,
     )
 
-    signals_seen = 0
+    first_signal: float | None = None
 
     def shut_down(signum: int, frame: FrameType | None) -> None:
         # Only signal here: the main thread is inside server.wait(), and waiting on the same
         # process from a handler deadlocks on Popen's wait lock.
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen == 1:
-            print(f"\n{signal.Signals(signum).name}: stopping the server (again to force)", file=sys.stderr)
+        nonlocal first_signal
+        name = signal.Signals(signum).name
+        if first_signal is None:
+            first_signal = time.monotonic()
+            print(f"\n{name}: stopping the server (again, after {REPEAT_IGNORED_S:.0f} s, to force)", file=sys.stderr)
             server.terminate()
-        else:
+        elif time.monotonic() - first_signal >= REPEAT_IGNORED_S:
+            print(f"{name} again: forcing the server down", file=sys.stderr)
             server.kill()
+        else:
+            print(f"{name} again at once (make forwards the group's signal): draining still", file=sys.stderr)
 
     signal.signal(signal.SIGINT, shut_down)
     signal.signal(signal.SIGTERM, shut_down)
@@ -92,7 +102,7 @@ def main() -> int:
         print(f"note: {NO_GPU_NOTE}", file=sys.stderr)
     code = server.wait()
     server.stop()  # ends stubs a killed server may have left behind
-    return 0 if signals_seen else code
+    return 0 if first_signal is not None else code
 
 
 if __name__ == "__main__":

@@ -31,7 +31,16 @@ from typing import IO
 
 from server.errors import ServerError
 from server.onnxruntime_backend import install_backend
-from server.supervisor import ADMIN_HEADER, StubSupervisor, is_ready, kill_group, restricted_flags, stamped
+from server.supervisor import (
+    ADMIN_HEADER,
+    StubSupervisor,
+    is_ready,
+    kill_group,
+    remove_regions,
+    restricted_flags,
+    stamped,
+    stub_regions,
+)
 
 __all__ = [
     "ADMIN_HEADER",
@@ -355,13 +364,16 @@ class EmbeddedTriton:
     def stop(self) -> int | None:
         """Stop the server gracefully (SIGTERM, then SIGKILL after the exit timeout); return its exit code."""
         process, self._process = self._process, None
+        regions: set[str] = set()
         if self._supervisor is not None:
             self._supervisor.stop()  # the stubs' exits below are no crash
             self._supervisor.join(timeout=5)
+            regions |= self._supervisor.regions
             self._supervisor = None
         if process is None:
             return None
         try:
+            regions |= stub_regions(process.pid)
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -369,6 +381,7 @@ class EmbeddedTriton:
         finally:
             kill_group(process.pid)
             process.wait()
+            remove_regions(regions)  # what killed stubs, or a killed server, left in /dev/shm
             if self._log_handle is not None:
                 self._log_handle.close()
                 self._log_handle = None

@@ -49,18 +49,22 @@ __all__ = [
     "kill_group",
     "main",
     "model_of",
+    "remove_regions",
     "restricted_flags",
     "stamped",
     "stub_processes",
+    "stub_regions",
 ]
 
 ADMIN_HEADER = "admin-key"
 """The HTTP header holding the admin key (gRPC prefixes it: `triton-grpc-protocol-admin-key`)."""
 
 STUB = "triton_python_backend_stub"
+_REGION_ARG = 2
 _INSTANCE_ARG = 8
+_REGION_PREFIX = "triton_python_backend_shm_region_"
 _INSTANCE = re.compile(r"(.+)_\d+_\d+")
-"""Where the stub's command line names what it serves, in Triton 2.51."""
+"""Where the stub's command line names its shared-memory region and what it serves, in Triton 2.51."""
 _GROUP = re.compile(r"(.+)_\d+")  # an instance stub's group: Triton names instances <group>_<index>
 
 
@@ -75,6 +79,28 @@ def restricted_flags(key: str, lock_model_control: bool) -> list[str]:
 
 def stub_processes(group: int, proc: Path = Path("/proc")) -> dict[int, str]:
     """The live stub processes of a process group: pid -> model instance name."""
+    return {pid: argv[_INSTANCE_ARG] for pid, argv in _stubs(group, proc).items()}
+
+
+def stub_regions(group: int, proc: Path = Path("/proc")) -> set[str]:
+    """The shared-memory regions (names under /dev/shm) of a process group's live stubs."""
+    return {argv[_REGION_ARG] for argv in _stubs(group, proc).values()}
+
+
+def remove_regions(names: Iterable[str], shm: Path = Path("/dev/shm")) -> list[str]:
+    """Unlink the stubs' regions still in `shm`; return those removed. A stub killed, or a server
+    killed before its stubs, leaves its region behind (Triton removes it only on a clean exit)."""
+    removed = []
+    for name in sorted(names):
+        if name.startswith(_REGION_PREFIX) and "/" not in name:
+            with contextlib.suppress(FileNotFoundError):
+                (shm / name).unlink()
+                removed.append(name)
+    return removed
+
+
+def _stubs(group: int, proc: Path) -> dict[int, list[str]]:
+    """The live stub processes of a process group: pid -> command line."""
     stubs = {}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
@@ -89,7 +115,7 @@ def stub_processes(group: int, proc: Path = Path("/proc")) -> dict[int, str]:
         if int(pgrp) != group or state in ("Z", "X") or len(argv) <= _INSTANCE_ARG:
             continue
         if os.path.basename(argv[0].decode(errors="replace")) == STUB:
-            stubs[int(entry.name)] = argv[_INSTANCE_ARG].decode(errors="replace")
+            stubs[int(entry.name)] = [arg.decode(errors="replace") for arg in argv]
     return stubs
 
 
@@ -116,9 +142,18 @@ def model_of(instance: str) -> str:
     return match.group(1) if match else instance
 
 
+RECOVERY_PARAMETER = "triton_kit.recovery"
+"""A parameter counting the supervisor's reloads of a Python-backend model: Triton skips a load
+whose config equals the one it serves, so each recovery's override must differ from the last."""
+
+RETIRED_GRACE_S = 60.0
+"""How long a stub a reload retired may finish its in-flight work before it counts as leaked and is ended."""
+
+
 class StubSupervisor(threading.Thread):
     """Watches the stubs of the server whose process group is `group` and reloads the model of
-    any that dies, through the server's HTTP endpoint `http_url` with the admin key `headers`."""
+    any that dies, through the server's HTTP endpoint `http_url` with the admin key `headers`.
+    Where the reload fails, the model is unloaded, so readiness says it does not serve."""
 
     def __init__(
         self,
@@ -137,6 +172,10 @@ class StubSupervisor(threading.Thread):
         self.interval_s = interval_s
         self.reloads = reloads
         """Appended to at each recovery: model, instances lost, seconds to serve again, error if any."""
+        self.regions: set[str] = set()
+        """Every stub's shared-memory region seen, for the server's stop to remove what is left."""
+        self._retired: dict[int, float] = {}  # pid -> when a reload of the supervisor's retired it
+        self._generation = 0
         self._stopping = threading.Event()
 
     def stop(self) -> None:
@@ -148,11 +187,13 @@ class StubSupervisor(threading.Thread):
         return self._stopping.is_set()
 
     def run(self) -> None:
-        known = stub_processes(self.group)
+        known = self._scan()
         while not self._stopping.wait(self.interval_s):
-            current = stub_processes(self.group)
+            current = self._scan()
+            # A stub a reload retired can outlive it: it must not stand in for the live instance of
+            # the same name, or that instance's death would go unnoticed.
+            living = {name for pid, name in current.items() if pid not in self._retired}
             lost: dict[str, list[str]] = {}
-            living = set(current.values())
             for pid, instance in known.items():
                 # A reload (the supervisor's, or a load request with a new config) starts the new
                 # instances before it retires the old: a stub whose instance lives on under a new
@@ -164,30 +205,68 @@ class StubSupervisor(threading.Thread):
             for model, instances in lost.items():
                 if self._stopping.is_set():
                     return
-                self._recover(model, instances)
+                retiring = {pid for pid, name in current.items() if model_of(name) == model}
+                if self._recover(model, instances):
+                    # The reload retires the old instances' stubs, healthy ones too: they exit on their own.
+                    self._retired.update(dict.fromkeys(retiring, time.monotonic()))
             if lost:
-                # A reload retires the old instances' stubs, healthy ones too: they exit on their own.
-                retired = {pid for pid, instance in current.items() if model_of(instance) in lost}
-                current = {pid: name for pid, name in stub_processes(self.group).items() if pid not in retired}
-            known = current
+                current = self._scan()
+            self._end_lingering(current)
+            known = {pid: name for pid, name in current.items() if pid not in self._retired}
 
-    def _recover(self, model: str, instances: list[str]) -> None:
+    def _scan(self) -> dict[int, str]:
+        stubs = _stubs(self.group, Path("/proc"))
+        self.regions.update(argv[_REGION_ARG] for argv in stubs.values())
+        return {pid: argv[_INSTANCE_ARG] for pid, argv in stubs.items()}
+
+    def _end_lingering(self, current: dict[int, str]) -> None:
+        now = time.monotonic()
+        for pid, since in list(self._retired.items()):
+            if pid not in current:
+                del self._retired[pid]
+            elif now - since > RETIRED_GRACE_S:
+                self.log(
+                    f"stub process {pid} of {current[pid]} outlived its reload by {RETIRED_GRACE_S:.0f} s: ending it"
+                )
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+                del self._retired[pid]
+
+    def _recover(self, model: str, instances: list[str]) -> bool:
+        """Reload `model`; return whether a reload ran (it then retired the model's stubs)."""
         started = time.monotonic()
         entry: dict[str, object] = {"model": model, "instances": sorted(instances)}
         try:
             config = self._request("GET", f"/v2/models/{model}/config")
-            if at_full_strength(config, stub_processes(self.group).values()):
-                return  # a load request changed the model's instances
+            alive = [name for pid, name in self._scan().items() if pid not in self._retired]
+            if at_full_strength(config, alive):
+                return False  # a load request changed the model's instances
             self.log(f"stub process of {', '.join(sorted(instances))} died: reloading model '{model}'")
-            # An unchanged model is not reloaded; one given its own config as an override is.
-            self._request("POST", f"/v2/repository/models/{model}/load", {"parameters": {"config": config}})
-        except OSError as exc:
+            override = json.loads(config)
+            self._generation += 1
+            override.setdefault("parameters", {})[RECOVERY_PARAMETER] = {"string_value": str(self._generation)}
+            self._request(
+                "POST", f"/v2/repository/models/{model}/load", {"parameters": {"config": json.dumps(override)}}
+            )
+        except (OSError, ValueError) as exc:
             entry["error"] = str(exc)
             self.log(f"model '{model}' could not be reloaded: {exc}")
+            self._unload(model)
         else:
             entry["seconds"] = round(time.monotonic() - started, 2)
             self.log(f"model '{model}' serves again after {entry['seconds']} s")
         self.reloads.append(entry)
+        return True
+
+    def _unload(self, model: str) -> None:
+        """Take a model that cannot be brought back out of service: its readiness (and the
+        server's, which asks every model) then reports it, instead of green over dead stubs."""
+        try:
+            self._request("POST", f"/v2/repository/models/{model}/unload")
+        except OSError as exc:
+            self.log(f"model '{model}' could not be unloaded either: {exc}")
+        else:
+            self.log(f"model '{model}' unloaded: it is not ready until loaded again")
 
     def _request(self, method: str, path: str, body: object = None) -> str:
         host, port = self.http_url.rsplit(":", 1)
@@ -250,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(1.0)
     code = server.wait()
     supervisor.stop()
+    regions = supervisor.regions | stub_regions(server.pid)
     kill_group(server.pid)  # stubs a killed server left behind
+    remove_regions(regions)  # and their shared memory
     return code
 
 

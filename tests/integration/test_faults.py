@@ -53,17 +53,19 @@ def slow_model(seconds: float, max_batch_size: int = 1, max_queue_size: int | No
     return entry
 
 
-def test_a_killed_backend_process_costs_no_request_of_a_retrying_client(tmp_path: Path) -> None:
-    """kill -9 of the stub serving a model under load: the supervisor reloads the model, and the
-    client's retries carry every request over the gap (Triton alone fails them for good)."""
+def test_a_backend_process_killed_twice_in_a_row_costs_no_request_of_a_retrying_client(tmp_path: Path) -> None:
+    """kill -9 of the stub serving a model under load, then of its successor: the supervisor
+    reloads the model each time, within seconds, and the client's retries carry every request over
+    both gaps (Triton alone fails them for good). Each killed stub's shared memory goes with it."""
     repo = build_entries(tmp_path, echo_model(dynamic_batching={"max_queue_delay_microseconds": 500}))
     server = make_server(repo, tmp_path)
+    shm_before = set(os.listdir("/dev/shm"))
     server.start(timeout_s=240)
     stop = threading.Event()
     outcomes: list[tuple[float, ClientError | None]] = []
 
     def load() -> None:
-        with TritonClient(server.grpc_url, retries=4, backoff_s=0.2) as client:
+        with TritonClient(server.grpc_url, retries=6, backoff_s=0.2) as client:
             while not stop.is_set():
                 try:
                     client.infer("echo", {"x": X})
@@ -71,34 +73,37 @@ def test_a_killed_backend_process_costs_no_request_of_a_retrying_client(tmp_path
                 except ClientError as error:
                     outcomes.append((time.monotonic(), error))
 
+    kills: list[float] = []
     try:
         with ThreadPoolExecutor(max_workers=4) as pool:
             for _ in range(4):
                 pool.submit(load)
             time.sleep(1.0)
-            (victim,) = [pid for pid, name in stub_processes(server.pid or 0).items() if name.startswith("echo_")]
-            killed_at = time.monotonic()
-            os.kill(victim, signal.SIGKILL)
-            deadline = time.monotonic() + 60
-            while not server.reloads and time.monotonic() < deadline:
-                time.sleep(0.1)
-            time.sleep(2.0)  # load goes on against the reloaded model
+            for round_ in (1, 2):
+                (victim,) = [pid for pid, name in stub_processes(server.pid or 0).items() if name.startswith("echo_")]
+                kills.append(time.monotonic())
+                os.kill(victim, signal.SIGKILL)
+                deadline = time.monotonic() + 30
+                while len(server.reloads) < round_ and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                time.sleep(2.0)  # load goes on against the reloaded model
             stop.set()
         log = server.log_tail(lines=10_000)
     finally:
         stop.set()
         server.stop()
-    (reload,) = server.reloads or [{}]
-    assert reload.get("model") == "echo" and "error" not in reload, reload
+    assert [r.get("model") for r in server.reloads] == ["echo", "echo"], server.reloads
+    assert all("error" not in r and float(r["seconds"]) < 5.0 for r in server.reloads), server.reloads  # type: ignore[arg-type]
     failures = [error for _, error in outcomes if error is not None]
-    after = [error for at, error in outcomes if at > killed_at]
+    after = [[at for at, error in outcomes if at > kill and error is None] for kill in kills]
     print(
-        f"stub kill: model serves again {reload['seconds']} s after the reload began; {len(after)} requests "
-        f"after the kill, {len(failures)} failed"
+        f"stub killed twice: served again {[r['seconds'] for r in server.reloads]} s after each reload began; "
+        f"{[len(a) for a in after]} requests answered after each kill, {len(failures)} failed"
     )
     assert failures == []
-    assert len(after) > 20  # the load went on through the gap and after it
-    assert "[kit supervisor]" in log and "died: reloading model 'echo'" in log
+    assert len(after[1]) > 20 and len(after[0]) > len(after[1])  # the load went on through both gaps
+    assert log.count("died: reloading model 'echo'") == 2
+    assert set(os.listdir("/dev/shm")) <= shm_before, "the killed stubs' and the server's regions are gone"
 
 
 def test_a_reload_with_a_new_config_is_not_mistaken_for_dead_stubs(tmp_path: Path) -> None:

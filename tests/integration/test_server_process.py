@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ import pytest
 
 from clients import TritonClient
 from server import ServerError
-from tests.conftest import ROOT, free_port
-from tests.integration.conftest import make_server, process_group
+from server.supervisor import stub_regions
+from tests.conftest import ROOT, echo_model, free_port, linear_model
+from tests.integration.conftest import build_entries, make_server, process_group
 
 pytestmark = pytest.mark.server
 
@@ -47,43 +49,58 @@ def test_a_model_that_fails_to_load_reports_the_server_log(tiny_repository: Path
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_make_serve_stops_cleanly(tiny_repository: Path, sig: signal.Signals) -> None:
+def test_make_serve_drains_once_when_its_process_group_is_signalled(tmp_path: Path, sig: signal.Signals) -> None:
+    """A terminal's Ctrl-C and a process manager's SIGTERM reach every process of the group, and
+    may reach the server again at once through make: one drain all the same, to its end (the
+    request in flight answered, every model unloaded by Triton itself, no shared memory left)."""
+    repo = build_entries(tmp_path, linear_model(), echo_model(options={"seconds": 3.0}))
     ports = {name: str(free_port()) for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")}
     make = subprocess.Popen(
-        ["make", "--no-print-directory", "serve", f"REPO={tiny_repository}"],
+        ["make", "--no-print-directory", "serve", f"REPO={repo}"],
         cwd=ROOT,
         env={**os.environ, **ports},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own group, as a terminal's foreground job is
     )
+    x = np.ones((1, 4), np.float32)
     try:
-        with TritonClient(f"127.0.0.1:{ports['TRITON_GRPC_PORT']}") as client:
-            client.wait_until_ready(model="linear", timeout_s=120)
-        server_pid = int(
-            subprocess.check_output(["pgrep", "-f", f"tritonserver.*--http-port={ports['TRITON_HTTP_PORT']}"]).split()[
-                0
-            ]
-        )
-        assert process_group(server_pid)
-        if sig == signal.SIGINT:
-            os.killpg(make.pid, sig)  # Ctrl-C reaches every process of the foreground job
-        else:
-            make.send_signal(sig)
+        with TritonClient(f"127.0.0.1:{ports['TRITON_GRPC_PORT']}", timeout_s=30, retries=0) as client:
+            client.wait_until_ready(model="echo", timeout_s=120)
+            server_pid = int(
+                subprocess.check_output(
+                    ["pgrep", "-f", f"tritonserver.*--http-port={ports['TRITON_HTTP_PORT']}"]
+                ).split()[0]
+            )
+            regions = stub_regions(server_pid)
+            assert regions and all((Path("/dev/shm") / name).exists() for name in regions)
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                in_flight = pool.submit(client.infer, "echo", {"x": x})
+                time.sleep(0.5)
+                os.killpg(make.pid, sig)
+                time.sleep(0.3)
+                os.killpg(make.pid, sig)  # the same stop again, as a forwarding parent delivers it
+                answer = in_flight.result(timeout=30)["y"]
         output, _ = make.communicate(timeout=90)
     finally:
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGKILL)
             make.wait()
+    np.testing.assert_array_equal(answer, x)
     # make re-raises the signal it got on itself once its recipe ended (GNU make's convention);
     # the server process under it exits 0 and leaves nothing behind.
-    assert make.returncode in (0, -sig), output.decode()
-    assert b"Traceback" not in output
+    text = output.decode(errors="replace")
+    assert make.returncode in (0, -sig), text[-3000:]
+    assert "Traceback" not in text
     deadline = time.monotonic() + 10
     while process_group(server_pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert process_group(server_pid) == []
-    assert b"stopping the server" in output
+    assert text.count("stopping the server") == 1 and "forcing" not in text, text[-3000:]
+    assert "draining still" in text
+    for model in ("linear", "echo"):
+        assert f"successfully unloaded '{model}' version 1" in text, text[-3000:]
+    assert not [name for name in regions if (Path("/dev/shm") / name).exists()], "the stubs' shared memory is gone"
 
 
 def test_an_empty_repository_is_refused_rather_than_reported_ready(tmp_path: Path) -> None:

@@ -1,11 +1,13 @@
 """The stub supervisor's reading of a served config: when a stub that left was retired by a
-reload (every instance group still at full strength) rather than lost."""
+reload (every instance group still at full strength) rather than lost; and what of /dev/shm it
+may remove."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from server.supervisor import at_full_strength, model_of
+from server.supervisor import at_full_strength, model_of, remove_regions
 
 
 def config(*groups: dict[str, object]) -> str:
@@ -35,3 +37,14 @@ def test_every_group_must_be_full_and_an_unreadable_config_means_lost() -> None:
 def test_instance_stubs_name_their_model_and_the_config_stub_is_named_as_the_model() -> None:
     assert model_of("text_encoder_0_1") == "text_encoder"
     assert model_of("text_encoder") == "text_encoder"
+
+
+def test_only_the_stubs_own_regions_are_removed_and_a_missing_one_is_no_error(tmp_path: Path) -> None:
+    ours = "triton_python_backend_shm_region_1a2b"
+    (tmp_path / ours).write_bytes(b"x")
+    (tmp_path / "someone_elses").write_bytes(b"y")
+    (tmp_path.parent / "outside").write_bytes(b"z")
+    removed = remove_regions([ours, "triton_python_backend_shm_region_gone", "someone_elses", "../outside"], tmp_path)
+    assert removed == [ours]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["someone_elses"]
+    assert (tmp_path.parent / "outside").exists()
