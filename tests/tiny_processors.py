@@ -20,13 +20,18 @@ class Fragile:
 
 
 class Slow:
-    """y = x, after `seconds` of work: a request that is still running when the server is told to stop."""
+    """y = x, after `seconds` of work: a request that is still running when the server is told to
+    stop. With `started`, a call first creates that file, so a test knows the work began."""
 
-    def __init__(self, seconds: float = 3.0) -> None:
+    def __init__(self, seconds: float = 3.0, started: str | None = None) -> None:
         self.seconds = seconds
+        self.started = started
 
     def __call__(self, inputs: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         import time
+        from pathlib import Path
 
+        if self.started is not None:
+            Path(self.started).touch()
         time.sleep(self.seconds)
         return {"y": inputs["x"].astype(np.float32)}

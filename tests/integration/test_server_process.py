@@ -53,7 +53,8 @@ def test_make_serve_drains_once_when_its_process_group_is_signalled(tmp_path: Pa
     """A terminal's Ctrl-C and a process manager's SIGTERM reach every process of the group, and
     may reach the server again at once through make: one drain all the same, to its end (the
     request in flight answered, every model unloaded by Triton itself, no shared memory left)."""
-    repo = build_entries(tmp_path, linear_model(), echo_model(options={"seconds": 3.0}))
+    started = tmp_path / "started"
+    repo = build_entries(tmp_path, linear_model(), echo_model(options={"seconds": 3.0, "started": str(started)}))
     ports = {name: str(free_port()) for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")}
     make = subprocess.Popen(
         ["make", "--no-print-directory", "serve", f"REPO={repo}"],
@@ -76,7 +77,9 @@ def test_make_serve_drains_once_when_its_process_group_is_signalled(tmp_path: Pa
             assert regions and all((Path("/dev/shm") / name).exists() for name in regions)
             with ThreadPoolExecutor(max_workers=1) as pool:
                 in_flight = pool.submit(client.infer, "echo", {"x": x})
-                time.sleep(0.5)
+                deadline = time.monotonic() + 30
+                while not started.exists() and time.monotonic() < deadline:  # in the model, not on its way
+                    time.sleep(0.05)
                 os.killpg(make.pid, sig)
                 time.sleep(0.3)
                 os.killpg(make.pid, sig)  # the same stop again, as a forwarding parent delivers it
