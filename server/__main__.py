@@ -10,6 +10,8 @@ need the admin key, TRITON_ADMIN_KEY (header `admin-key`); set, model control ne
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 import os
 import signal
 import sys
@@ -69,22 +71,24 @@ def main() -> int:
         supervise=not args.no_supervise,
     )
 
-    first_signal: float | None = None
+    signals = itertools.count()
+    first_signal = [math.inf]  # when the first signal came; inf until its handler has noted it
 
     def shut_down(signum: int, frame: FrameType | None) -> None:
         # Only signal here: the main thread is inside server.wait(), and waiting on the same
-        # process from a handler deadlocks on Popen's wait lock.
-        nonlocal first_signal
+        # process from a handler deadlocks on Popen's wait lock. A handler can be interrupted by
+        # the next signal's (make forwards the group's within microseconds): next() on a counter
+        # is one step, so exactly one of them takes the first signal's part.
         name = signal.Signals(signum).name
-        if first_signal is None:
-            first_signal = time.monotonic()
+        if next(signals) == 0:
+            first_signal[0] = time.monotonic()
             print(f"\n{name}: stopping the server (again, after {REPEAT_IGNORED_S:.0f} s, to force)", file=sys.stderr)
             server.terminate()
-        elif time.monotonic() - first_signal >= REPEAT_IGNORED_S:
+        elif time.monotonic() - first_signal[0] >= REPEAT_IGNORED_S:
             print(f"{name} again: forcing the server down", file=sys.stderr)
             server.kill()
         else:
-            print(f"{name} again at once (make forwards the group's signal): draining still", file=sys.stderr)
+            print(f"{name} again at once, the same stop (make forwards the group's): draining still", file=sys.stderr)
 
     signal.signal(signal.SIGINT, shut_down)
     signal.signal(signal.SIGTERM, shut_down)
@@ -102,7 +106,7 @@ def main() -> int:
         print(f"note: {NO_GPU_NOTE}", file=sys.stderr)
     code = server.wait()
     server.stop()  # ends stubs a killed server may have left behind
-    return 0 if first_signal is not None else code
+    return 0 if next(signals) > 0 else code
 
 
 if __name__ == "__main__":
