@@ -11,7 +11,8 @@ embedded server and the NGC container.
 
 The builder also copies this module beside each compiled variant's runtime (as
 `triton_kit_limits`), which refuses the same requests inside the server: a compiled kernel indexing
-out of bounds aborts its process. It imports nothing but numpy's typing for that reason.
+out of bounds aborts its process. For that it imports nothing of the kit: the standard library
+and numpy's typing only.
 """
 
 from __future__ import annotations
