@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.gpu import embedded  # noqa: E402
-from bench.overload import feed_for, server_memory_mb  # noqa: E402
+from bench.overload import feed_for  # noqa: E402
 from clients import ClientError, ServerUnavailable, TritonClient  # noqa: E402
 from server.embedded import EmbeddedTriton  # noqa: E402
 from server.supervisor import is_ready, stub_processes  # noqa: E402
@@ -126,7 +126,7 @@ def stub_kills(repo: Path, clients: int, scratch: Path) -> dict[str, Any]:
                 del kill["killed_at"]
             results[victim] = {"called": called, "clients": clients, "kills": kills}
             print(f"{victim}: {results[victim]}", flush=True)
-        results["server_memory_mb"] = server_memory_mb(server.pid or 0)
+        results["server_memory_mb"] = tree_memory_mb(server.pid or 0)
     finally:
         server.stop()
     return results
