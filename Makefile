@@ -25,7 +25,7 @@ REQUIREMENTS := $(if $(filter gpu,$(RUNTIME)),requirements-gpu.txt,requirements.
 DEPS_HASH := $(shell cat pyproject.toml $(REQUIREMENTS) | sha256sum | cut -c1-16)
 VENV_STAMP := $(VENV)/.deps-$(RUNTIME)-$(DEPS_HASH)
 
-.PHONY: help venv backend compat build-repo check-repo serve loadtest tune image k8s-manifests deploy-check test lint format lock clean
+.PHONY: help venv backend compat build-repo check-repo serve loadtest tune image k8s-manifests deploy-check test test-system test-durations coverage lint format lock clean
 
 help: ## list the targets
 	@echo "usage: make <target> [VAR=value]"
@@ -105,8 +105,22 @@ k8s-manifests: venv ## render Kubernetes manifests into deploy/kubernetes/render
 deploy-check: venv ## validate docker-compose.yml and the Kubernetes manifests offline (schemas, no cluster)
 	$(VENV)/bin/triton-kit-deploy check
 
-test: venv ## run the test suite (PYTEST_ARGS to pass options)
-	$(PY) -m pytest $(PYTEST_ARGS)
+TEST_WORKERS ?= 2
+TIMINGS ?= .triton/test-timings.json
+COVERAGE_PACKAGES := builder clients server loadtest deploy models
+test: venv ## every test that needs no Docker engine: in parallel, then the serial ones alone (TEST_WORKERS=2, PYTEST_ARGS=)
+	$(PY) -m tests.run --workers $(TEST_WORKERS) $(PYTEST_ARGS)
+
+test-system: venv ## the tests that need a Docker engine: the kit image built, docker-compose.yml brought up for real
+	$(PY) -m pytest -m docker $(PYTEST_ARGS)
+
+test-durations: venv ## make test, recording each test's set-up, call and teardown; prints where the time went
+	rm -f $(TIMINGS)
+	$(PY) -m tests.run --workers $(TEST_WORKERS) --timings-file=$(TIMINGS) $(PYTEST_ARGS); status=$$?; \
+		$(PY) -m tests.timing $(TIMINGS); exit $$status
+
+coverage: venv ## make test under coverage.py: line coverage of the kit's packages
+	$(PY) -m tests.run --workers $(TEST_WORKERS) $(addprefix --cov=,$(COVERAGE_PACKAGES)) --cov-report=term:skip-covered $(PYTEST_ARGS)
 
 lint: venv ## ruff (lint + format check) and mypy
 	$(PY) -m ruff check .

@@ -40,7 +40,7 @@ from loadtest.openloop import run_open_loop
 from loadtest.payloads import generated_payload, load_arrays, perf_analyzer_data, spec_payload
 from loadtest.report import Thresholds, build_summary, plot_steps, violations
 from loadtest.settings import ENV_VAR, Settings
-from loadtest.tune import TuneError, tune
+from loadtest.tune import CONFIRMATIONS, TuneError, tune
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -151,13 +151,18 @@ def tune_main(argv: Sequence[str]) -> int:
         "--out", type=Path, help="report folder (default reports/tune-<model>-<time>); reuse it to resume"
     )
     parser.add_argument("--write", action="store_true", help="apply the winner's options to the spec file")
+    parser.add_argument(
+        "--confirmations", type=int, default=CONFIRMATIONS, choices=range(6), metavar="0-5",
+        help=f"measure the baseline and the winner again this many times each, in turns, after the search; "
+        f"the winner stands if the medians say so (default {CONFIRMATIONS}; 0 takes one measurement's word)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     out = args.out or Path("reports") / f"tune-{args.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     try:
         summary = tune(
             args.spec, args.model, args.p95_ms, out, url=args.url, repository=args.repo, budget_s=args.budget_s,
             step_seconds=args.step_seconds, start_rps=args.start_rps, log=lambda line: print(line, flush=True),
-            write=args.write,
+            write=args.write, confirmations=args.confirmations,
         )  # fmt: skip
     except (TuneError, ClientError, BuildError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -138,6 +138,7 @@ def tune(
     start_rps: float = 50.0,
     log: Any = print,
     write: bool = False,
+    confirmations: int = CONFIRMATIONS,
 ) -> dict[str, Any]:
     """Search `model_name`'s serving options; write the report to `out` (and with `write`, the
     winner's options into the spec file); return the report's summary.
@@ -159,7 +160,7 @@ def tune(
     deadline = time.monotonic() + budget_s
     with model_server(url, repository, model_name) as server_url, TritonClient(server_url, timeout_s=60) as client:
 
-        def measure(candidate: Candidate, start: float, *, again: bool = False) -> Measured:
+        def measure(candidate: Candidate, start: float, *, again: bool = False, bounded: bool = True) -> Measured:
             if candidate.label in done and not again:
                 log(f"  {candidate.label}: measured before, {done[candidate.label].sustained_rps:g} req/s")
                 return done[candidate.label]
@@ -171,9 +172,12 @@ def tune(
             # A freshly loaded model starts its stubs and sessions on the first requests: warm it up
             # unmeasured, or the first rate offered is judged on that start.
             _one_step(server_url, model_name, payload, start, WARMUP_S)
-            until = time.monotonic() + 120 if again else deadline
+            # The baseline and the confirmations are measured in full; candidates within the budget.
+            until = deadline if bounded and not again else time.monotonic() + 120
             result = _sustained(server_url, model_name, payload, p95_ms, start, step_seconds, until, candidate, log)
-            if not again:
+            if not result.trials:  # the budget ran out in its warm-up: not measured, not recorded
+                log(f"  {candidate.label}: the time budget ran out before its first rate; not recorded")
+            elif not again:
                 done[candidate.label] = result
                 with (out / "tune.jsonl").open("a") as handle:
                     handle.write(json.dumps(asdict(result)) + "\n")
@@ -181,21 +185,22 @@ def tune(
 
         baseline = Candidate.of(model)
         log(f"baseline (the spec's options): {baseline.label}")
-        best, best_result = baseline, measure(baseline, start_rps)
+        best, best_result = baseline, measure(baseline, start_rps, bounded=False)
         log(f"  -> {best_result.sustained_rps:g} req/s within p95 {p95_ms:g} ms")
-        for _option, changes in moves(len(os.sched_getaffinity(0))):
-            for change in changes:
-                if time.monotonic() > deadline:
-                    log("time budget spent: the search stops here (run it again with the same --out to go on)")
-                    break
-                candidate = Candidate(**{**asdict(best), **change})
-                if candidate == best:
-                    continue
-                log(f"trying {candidate.label}")
-                result = measure(candidate, max(start_rps, best_result.sustained_rps / 2))
-                log(f"  -> {result.sustained_rps:g} req/s")
-                if result.sustained_rps > best_result.sustained_rps:
-                    best, best_result = candidate, result
+        candidates = (change for _option, changes in moves(len(os.sched_getaffinity(0))) for change in changes)
+        for change in candidates:
+            candidate = Candidate(**{**asdict(best), **change})
+            if candidate == best:
+                continue
+            # A candidate that cannot be warmed up and offered one rate in time is left for the next run.
+            if time.monotonic() + WARMUP_S + step_seconds > deadline:
+                log("time budget spent: the search stops here (run it again with the same --out to go on)")
+                break
+            log(f"trying {candidate.label}")
+            result = measure(candidate, max(start_rps, best_result.sustained_rps / 2))
+            log(f"  -> {result.sustained_rps:g} req/s")
+            if result.sustained_rps > best_result.sustained_rps:
+                best, best_result = candidate, result
         # One measurement per candidate picks a winner; a shared 2-core machine moves a rate by
         # a quarter from run to run. The baseline and the winner are measured again, in turns,
         # and the winner stands only if the medians say so beyond that noise.
@@ -204,9 +209,9 @@ def tune(
             "winner": [best_result.sustained_rps],
         }
         if best != baseline:
-            for round_ in range(CONFIRMATIONS):
+            for round_ in range(confirmations):
                 for name, candidate in (("baseline", baseline), ("winner", best)):
-                    log(f"confirming {name} ({round_ + 1}/{CONFIRMATIONS}): {candidate.label}")
+                    log(f"confirming {name} ({round_ + 1}/{confirmations}): {candidate.label}")
                     rates[name].append(measure(candidate, start_rps, again=True).sustained_rps)
                     log(f"  -> {rates[name][-1]:g} req/s")
             if median(rates["winner"]) < CONFIRMED * median(rates["baseline"]):

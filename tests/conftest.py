@@ -1,14 +1,19 @@
-"""Shared helpers: spec files for the tiny test models, free ports, repository snapshots."""
+"""Shared helpers: spec files for the tiny test models, free ports, repository snapshots, and the
+repositories every run needs, built once and kept until the kit's sources change."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from filelock import FileLock
 
 from server.embedded import free_port as free_port  # the tests take it from here
 
@@ -40,16 +45,52 @@ def write_spec(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+# What a built repository depends on besides its spec: a change to any of it builds anew.
+KIT_SOURCES = ("builder", "clients", "models", "server", "templates", "tests/tiny_models.py",
+               "tests/tiny_processors.py", "pyproject.toml", "requirements.lock")  # fmt: skip
+BUILT = ROOT / ".triton" / "tests"
+
+
+def built_once(name: str, spec: dict[str, Any] | Path) -> Path:
+    """The repository of `spec` built for the cpu target under `.triton/tests/`, reused by every
+    later run (and by every pytest-xdist worker) while the spec, the kit's sources and the tools
+    are unchanged: the builder's own per-version fingerprints do not see a change to the builder
+    itself. Tests read it; those that change files copy it first."""
+    from builder.fingerprint import tool_versions  # imports onnxruntime: only for the tests that build
+    from builder.pipeline import build_repository  # imports torch
+
+    text = spec.read_text() if isinstance(spec, Path) else yaml.safe_dump(spec)
+    digest = hashlib.sha256(text.encode() + json.dumps(tool_versions(), sort_keys=True).encode())
+    for top in KIT_SOURCES:
+        path = ROOT / top
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file() and "__pycache__" not in file.parts:
+                digest.update(str(file.relative_to(ROOT)).encode() + hashlib.sha256(file.read_bytes()).digest())
+    folder = BUILT / f"{name}-{digest.hexdigest()[:16]}"
+    BUILT.mkdir(parents=True, exist_ok=True)
+    with FileLock(BUILT / f"{name}.lock"):
+        if not (folder / "built").is_file():
+            # Older builds go once no run can still be serving them (a source edited mid-run
+            # starts a new build beside the one a server of that run reads).
+            for stale in BUILT.glob(f"{name}-*"):
+                if stale.is_dir() and time.time() - stale.stat().st_mtime > 3600:
+                    shutil.rmtree(stale)
+            folder.mkdir(exist_ok=True)
+            if isinstance(spec, Path):
+                spec_path = spec
+            else:
+                spec_path = folder / "models.yaml"
+                spec_path.write_text(text)
+            build_repository(spec_path, folder / "model_repository", target="cpu", log=lambda _: None)
+            (folder / "built").touch()
+    return folder / "model_repository"
+
+
 @pytest.fixture(scope="session")
-def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_repository() -> Path:
     """A small linear ONNX model and a Python model built for the cpu target: quick to build and to
     load, one model for each backend the embedded server runs."""
-    from builder.pipeline import build_repository  # imports torch: only for the tests that need it
-
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "models.yaml").write_text(yaml.safe_dump({"models": [linear_model(), echo_model()]}))
-    build_repository(root / "models.yaml", root / "model_repository", target="cpu", log=lambda _: None)
-    return root / "model_repository"
+    return built_once("tiny", {"models": [linear_model(), echo_model()]})
 
 
 def echo_model(name: str = "echo", **overrides: Any) -> dict[str, Any]:

@@ -12,15 +12,13 @@ import yaml
 from builder.pipeline import build_repository
 from builder.targets import Target
 from server import EmbeddedTriton
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, built_once, free_port
 
 
 @pytest.fixture(scope="session")
-def example_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The kit's example models built from models.yaml into a fresh repository."""
-    repo = tmp_path_factory.mktemp("examples") / "model_repository"
-    build_repository(ROOT / "models.yaml", repo, target="cpu", log=lambda _: None)
-    return repo
+def example_repository() -> Path:
+    """The kit's example models built from models.yaml (once while the kit is unchanged)."""
+    return built_once("examples", ROOT / "models.yaml")
 
 
 def build_entries(root: Path, *entries: dict[str, Any], target: Target = "cpu") -> Path:

@@ -28,7 +28,7 @@ from server.embedded import (
     prepare_backends,
     server_environment,
 )
-from server.supervisor import kill_group, stub_processes
+from server.supervisor import kill_group, stub_processes, stub_regions
 from tests.conftest import ROOT, echo_model, linear_model
 from tests.integration.conftest import build_entries, make_server
 
@@ -53,14 +53,15 @@ def slow_model(seconds: float, max_batch_size: int = 1, max_queue_size: int | No
     return entry
 
 
+@pytest.mark.serial  # kills, drains or overloads a server, within time limits
 def test_a_backend_process_killed_twice_in_a_row_costs_no_request_of_a_retrying_client(tmp_path: Path) -> None:
     """kill -9 of the stub serving a model under load, then of its successor: the supervisor
     reloads the model each time, within seconds, and the client's retries carry every request over
     both gaps (Triton alone fails them for good). Each killed stub's shared memory goes with it."""
     repo = build_entries(tmp_path, echo_model(dynamic_batching={"max_queue_delay_microseconds": 500}))
     server = make_server(repo, tmp_path)
-    shm_before = set(os.listdir("/dev/shm"))
     server.start(timeout_s=240)
+    regions = stub_regions(server.pid or 0)  # this server's, not those of servers beside it
     stop = threading.Event()
     outcomes: list[tuple[float, ClientError | None]] = []
 
@@ -83,6 +84,7 @@ def test_a_backend_process_killed_twice_in_a_row_costs_no_request_of_a_retrying_
                 victims = [pid for pid, name in stub_processes(server.pid or 0).items() if name.startswith("echo_")]
                 if len(victims) != 1:  # the server itself went down (see below), or a stub too many
                     break
+                regions |= stub_regions(server.pid or 0)
                 kills.append(time.monotonic())
                 os.kill(victims[0], signal.SIGKILL)
                 deadline = time.monotonic() + 30
@@ -90,6 +92,7 @@ def test_a_backend_process_killed_twice_in_a_row_costs_no_request_of_a_retrying_
                     time.sleep(0.1)
                 time.sleep(2.0)  # load goes on against the reloaded model
             stop.set()
+        regions |= stub_regions(server.pid or 0)
         log = server.log_tail(lines=10_000)
     finally:
         stop.set()
@@ -109,9 +112,10 @@ def test_a_backend_process_killed_twice_in_a_row_costs_no_request_of_a_retrying_
     assert failures == []
     assert len(after[1]) > 20 and len(after[0]) > len(after[1])  # the load went on through both gaps
     assert log.count("died: reloading model 'echo'") == 2
-    assert set(os.listdir("/dev/shm")) <= shm_before, "the killed stubs' and the server's regions are gone"
+    assert regions and not [name for name in regions if Path("/dev/shm", name).exists()], "the stubs' regions are gone"
 
 
+@pytest.mark.serial  # kills, drains or overloads a server, within time limits
 def test_a_reload_with_a_new_config_is_not_mistaken_for_dead_stubs(tmp_path: Path) -> None:
     """A load request with a config override retires the old instances' stubs: the supervisor
     leaves them be, so the new config stays served (reloading would race it back to the old one)."""
@@ -134,6 +138,7 @@ def test_a_reload_with_a_new_config_is_not_mistaken_for_dead_stubs(tmp_path: Pat
     assert server.reloads == []
 
 
+@pytest.mark.serial  # kills, drains or overloads a server, within time limits
 def test_a_model_unloading_in_a_drain_is_answered_as_unavailable_and_in_flight_work_finishes(
     tmp_path: Path,
 ) -> None:
@@ -167,6 +172,7 @@ def test_a_model_unloading_in_a_drain_is_answered_as_unavailable_and_in_flight_w
     np.testing.assert_array_equal(finished["y"], X)
 
 
+@pytest.mark.serial  # kills, drains or overloads a server, within time limits
 def test_the_containers_supervisor_script_brings_a_killed_stub_back_and_drains_on_sigterm(tmp_path: Path) -> None:
     """What docker-compose.yml and the Kubernetes manifests run, with the wheel's tritonserver in
     place of the NGC image's: the same script and flags, the same recovery as `make serve`."""
@@ -219,8 +225,9 @@ def test_log_settings_and_model_control_need_the_admin_key(tmp_path: Path, monke
     server = make_server(repo, tmp_path)
     server.admin_key = "s3cret"
     server.start(timeout_s=240)
+    # Closed before the stop: Triton waits out its exit timeout (30 s) for open HTTP connections.
+    client = httpclient.InferenceServerClient(server.http_url)
     try:
-        client = httpclient.InferenceServerClient(server.http_url)
         for call in (
             lambda headers: client.update_log_settings({"log_verbose_level": 1}, headers=headers),
             lambda headers: client.unload_model("linear", headers=headers),
@@ -243,6 +250,7 @@ def test_log_settings_and_model_control_need_the_admin_key(tmp_path: Path, monke
                 admin.load_model("linear")
                 assert [m["state"] for m in admin.models()] == ["READY"]
     finally:
+        client.close()
         server.stop()
 
 
@@ -260,6 +268,7 @@ def test_a_second_server_on_ports_in_use_refuses_to_start_instead_of_reporting_r
         first.stop()
 
 
+@pytest.mark.serial  # kills, drains or overloads a server, within time limits
 def test_overload_is_refused_at_once_while_admitted_requests_are_answered(tmp_path: Path) -> None:
     """A queue bounded at 2 on a model busy for 1 s a request: of 12 sent at once, those beyond
     the one running and the two queued are refused as unavailable (retryable), none fails."""
@@ -291,6 +300,7 @@ def test_overload_is_refused_at_once_while_admitted_requests_are_answered(tmp_pa
     assert len(answered) >= 3 and all(np.array_equal(r["y"], X) for r in answered)
 
 
+@pytest.mark.serial  # kills, drains or overloads a server, within time limits
 def test_a_load_test_counts_queue_refusals_as_rejected_not_failed(tmp_path: Path) -> None:
     """Locust users beyond what a queue of 1 admits are refused at once; the report counts them
     as rejected, keeps them out of throughput and latency, and a rejected-ratio threshold fails
@@ -315,6 +325,7 @@ def test_a_load_test_counts_queue_refusals_as_rejected_not_failed(tmp_path: Path
     assert "rejected (queue full)" in run.stdout
 
 
+@pytest.mark.serial  # kills, drains or overloads a server, within time limits
 def test_a_rolling_restart_behind_a_retrying_client_fails_no_request(tmp_path: Path) -> None:
     """Two servers of one repository, one stopped (SIGTERM) under load: every request the
     stopping server refuses or drops comes back as ServerUnavailable, so a caller that moves to

@@ -235,6 +235,7 @@ def test_several_processes_keep_the_locust_master_on_loopback(triton: EmbeddedTr
     assert seen == {"127.0.0.1"}
 
 
+@pytest.mark.serial  # holds the server to request rates
 def test_an_open_loop_run_holds_its_rates_as_the_server_counts_them(triton: EmbeddedTriton, tmp_path: Path) -> None:
     report = tmp_path / "report"
     result = loadtest(
@@ -256,6 +257,7 @@ def test_an_open_loop_run_holds_its_rates_as_the_server_counts_them(triton: Embe
     assert "step 2/2: offering 80 req/s" in result.stdout and "open loop: held up to 80 req/s" in result.stdout
 
 
+@pytest.mark.serial  # holds the server to request rates
 def test_an_open_loop_drops_what_exceeds_its_bound_and_says_where_the_server_broke(
     triton: EmbeddedTriton, tmp_path: Path
 ) -> None:
@@ -356,6 +358,7 @@ def test_plain_locust_serves_its_web_ui_on_loopback_and_loads_from_it(triton: Em
         process.communicate(timeout=30)
 
 
+@pytest.mark.serial  # holds the server to request rates
 def test_a_bounded_tune_measures_candidates_resumes_and_writes_the_winner_into_the_spec(tmp_path: Path) -> None:
     # A spec of its own (--write edits it), the tiny model built from it, the embedded server.
     from builder.pipeline import build_repository
@@ -367,7 +370,7 @@ def test_a_bounded_tune_measures_candidates_resumes_and_writes_the_winner_into_t
     build_repository(spec, tmp_path / "repo", target="cpu", log=lambda _: None)
     out = tmp_path / "tune"
     args = ["tune", "--model", "linear", "--p95-ms", "50", "--spec", str(spec), "--repo", str(tmp_path / "repo"),
-            "--budget-s", "40", "--step-seconds", "1", "--start-rps", "1000", "--out", str(out)]  # fmt: skip
+            "--budget-s", "22", "--step-seconds", "0.5", "--start-rps", "1000", "--confirmations", "1", "--out", str(out)]  # fmt: skip
     first = loadtest(*args)
     assert first.returncode == 0, first.stdout + first.stderr
     summary = json.loads((out / "tune.json").read_text())

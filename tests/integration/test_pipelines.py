@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import yaml
+from google.protobuf import text_format
 from PIL import Image
 
-from builder.pipeline import build_repository
+from builder.render import parse_config
 from clients import InvalidInput, TritonClient
 from models import image_classifier, text_encoder
 from models.image_pipeline import ClassifierPostprocess, ImagePreprocess
@@ -92,25 +92,23 @@ def test_texts_sent_one_by_one_embed_like_texts_sent_together(triton: EmbeddedTr
     np.testing.assert_allclose(np.stack(alone), reference_embedding(TEXTS), atol=1e-4, rtol=1e-3)
 
 
+PIPELINES = ("image_classification", "image_preprocess", "image_classifier", "image_postprocess",
+             "text_embedding", "tokenizer", "text_encoder", "embedding_normalize")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def patient_triton(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
-    """The examples with the preprocessors told to wait for 4 requests (or 2 s), so requests sent
-    together are sure to be executed as one batch."""
+    """The example pipelines with the preprocessors told to wait for 4 requests (or 2 s), so
+    requests sent together are sure to be executed as one batch."""
     root = tmp_path_factory.mktemp("patient")
-    spec = yaml.safe_load((ROOT / "models.yaml").read_text())
-    for entry in spec["models"]:
-        for output in entry.get("outputs", []):
-            if "labels" in output:
-                output["labels"] = str(ROOT / output["labels"])
-        if "files" in entry:
-            entry["files"] = {k: str(ROOT / v) for k, v in entry["files"].items()}
-        if "calibration" in entry:
-            entry["calibration"]["data"] = str(ROOT / entry["calibration"]["data"])
-        if entry["name"] in ("image_preprocess", "tokenizer"):
-            entry["dynamic_batching"] = {"max_queue_delay_microseconds": 2_000_000, "preferred_batch_size": [4]}
-    (root / "models.yaml").write_text(yaml.safe_dump(spec))
-    shutil.copytree(example_repository, root / "repo")  # the ONNX models are reused, not exported again
-    build_repository(root / "models.yaml", root / "repo", target="cpu", log=lambda _: None)
+    for name in PIPELINES:
+        shutil.copytree(example_repository / name, root / "repo" / name)
+    for name in ("image_preprocess", "tokenizer"):
+        path = root / "repo" / name / "config.pbtxt"
+        config = parse_config(path.read_text(), str(path))
+        config.dynamic_batching.max_queue_delay_microseconds = 2_000_000
+        config.dynamic_batching.preferred_batch_size[:] = [4]
+        path.write_text(text_format.MessageToString(config))
     server = make_server(root / "repo", root)
     server.start(timeout_s=240)
     try:
