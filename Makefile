@@ -67,7 +67,7 @@ compat: ## build the examples and run the unit tests with numpy 2 and onnxruntim
 	$(COMPAT_VENV)/bin/python -m pip install -qq --no-deps $(filter $(addsuffix ==%,$(COMPAT_NODEPS)),$(shell cat requirements.lock))
 	$(COMPAT_VENV)/bin/python -c 'import numpy, onnxruntime; print("compat: numpy", numpy.__version__, "onnxruntime", onnxruntime.__version__)'
 	rm -rf .compat && $(COMPAT_VENV)/bin/python -m builder build --spec $(SPEC) --repo .compat/model_repository --target cpu
-	$(COMPAT_VENV)/bin/python -m pytest tests/unit tests/integration/test_numpy_guard.py -q -p no:cacheprovider
+	$(COMPAT_VENV)/bin/python -m pytest tests/unit tests/integration/test_numpy_guard.py -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 backend: venv ## compile Triton's C++ onnxruntime backend for the embedded server (once; cached; TRITON_KIT_SOURCE_MIRROR=dir offline)
 	$(PY) -m server.onnxruntime_backend

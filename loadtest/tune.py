@@ -192,8 +192,9 @@ def tune(
             candidate = Candidate(**{**asdict(best), **change})
             if candidate == best:
                 continue
-            # A candidate that cannot be warmed up and offered one rate in time is left for the next run.
-            if time.monotonic() + WARMUP_S + step_seconds > deadline:
+            # A candidate that cannot be warmed up and offered one rate in time is left for the next
+            # run; one measured by an earlier run costs no time.
+            if candidate.label not in done and time.monotonic() + WARMUP_S + step_seconds > deadline:
                 log("time budget spent: the search stops here (run it again with the same --out to go on)")
                 break
             log(f"trying {candidate.label}")

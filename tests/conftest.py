@@ -116,3 +116,32 @@ def snapshot(root: Path) -> dict[str, str]:
         for path in sorted(root.rglob("*"))
         if path.is_file()
     }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order the files for make test's workers (tests/run.py; each takes the next file when it is
+    free): first one file that needs the example repository, so that one worker builds it while
+    the other runs the slow files and those with servers of their own, which need it not; then
+    the files that need it; the quick ones last, to even out the end. The order within a file
+    stays."""
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(str(item.path), []).append(item)
+
+    def needs_examples(file: list[pytest.Item]) -> bool:
+        return any("example_repository" in getattr(item, "fixturenames", ()) for item in file)
+
+    def marked(file: list[pytest.Item], marker: str) -> bool:
+        return any(item.get_closest_marker(marker) for item in file)
+
+    first = next((name for name, file in files.items() if needs_examples(file)), None)
+
+    def rank(name: str) -> int:
+        file = files[name]
+        if name == first:
+            return 0
+        if needs_examples(file):
+            return 3
+        return 1 if marked(file, "slow") else 2 if marked(file, "server") else 4
+
+    items[:] = [item for name in sorted(files, key=rank) for item in files[name]]  # sorted() keeps ties in order

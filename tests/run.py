@@ -1,7 +1,8 @@
 """`make test`: every test that needs no Docker engine, in two parts.
 
 1. In parallel on `--workers` pytest-xdist workers, a test file per worker at a time
-   (`--dist loadfile`: a file's module-scoped servers start once).
+   (`--dist loadfile`: a file's module-scoped servers start once), in the order of
+   `pytest_collection_modifyitems` in tests/conftest.py.
 2. Then, alone, the tests marked `serial`: those that kill processes, time a drain or hold the
    machine to a request rate, which a second worker's load would make flaky.
 
@@ -26,8 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-m", dest="markers", help="a marker expression narrowing both parts")
     ours, pytest_args = parser.parse_known_args(argv)
     narrowed = f"({ours.markers}) and " if ours.markers else ""
+    # The files in the order tests/conftest.py gives them (xdist would sort them by their number of tests).
+    workers = ["-n", ours.workers, "--dist", "loadfile", "--no-loadscope-reorder"]
     parts = [
-        ("in parallel", ["-n", ours.workers, "--dist", "loadfile", "-m", f"{narrowed}not serial and {NOT_HERE}"]),
+        ("in parallel", [*workers, "-m", f"{narrowed}not serial and {NOT_HERE}"]),
         ("alone", ["-m", f"{narrowed}serial and {NOT_HERE}"]),
     ]
     codes = []

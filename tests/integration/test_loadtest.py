@@ -370,8 +370,8 @@ def test_a_bounded_tune_measures_candidates_resumes_and_writes_the_winner_into_t
     build_repository(spec, tmp_path / "repo", target="cpu", log=lambda _: None)
     out = tmp_path / "tune"
     args = ["tune", "--model", "linear", "--p95-ms", "50", "--spec", str(spec), "--repo", str(tmp_path / "repo"),
-            "--budget-s", "22", "--step-seconds", "0.5", "--start-rps", "1000", "--confirmations", "1", "--out", str(out)]  # fmt: skip
-    first = loadtest(*args)
+            "--step-seconds", "0.5", "--start-rps", "1000", "--out", str(out)]  # fmt: skip
+    first = loadtest(*args, "--budget-s", "20", "--confirmations", "0")
     assert first.returncode == 0, first.stdout + first.stderr
     summary = json.loads((out / "tune.json").read_text())
     measured = [json.loads(line) for line in (out / "tune.jsonl").read_text().splitlines()]
@@ -385,10 +385,11 @@ def test_a_bounded_tune_measures_candidates_resumes_and_writes_the_winner_into_t
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG" and (out / "tune.csv").read_text().count("\n") == len(
         measured
     ) + 1
-    # Run again on the same folder: what was measured is not measured again.
-    again = loadtest(*args, "--write")
+    # Run again on the same folder: what was measured is not measured again, and costs no budget.
+    again = loadtest(*args, "--budget-s", "1", "--confirmations", "1", "--write")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert f"{measured[0]['label']}: measured before" in again.stdout
+    assert all(f"{result['label']}: measured before" in again.stdout for result in measured)
+    assert len((out / "tune.jsonl").read_text().splitlines()) == len(measured)  # its 1 s went before a new one
     winner = json.loads((out / "tune.json").read_text())["winner"]
     model = load_spec(spec).model("linear")
     assert isinstance(model, OnnxModelSpec)
