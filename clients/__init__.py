@@ -19,6 +19,7 @@ from .address import metrics_url, server_url
 from .aio import AsyncTritonClient
 from .channel import GrpcChannelOptions
 from .errors import (
+    AccessDenied,
     ClientError,
     InferenceFailed,
     InferenceTimeout,
@@ -33,6 +34,7 @@ from .triton import TritonClient
 from .validation import ModelSignature
 
 __all__ = [
+    "AccessDenied",
     "AsyncTritonClient",
     "ClientError",
     "GrpcChannelOptions",

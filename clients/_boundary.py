@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 from tritonclient.utils.shared_memory import SharedMemoryException
 
 from .errors import (
+    AccessDenied,
     ClientError,
     InferenceFailed,
     InferenceTimeout,
@@ -47,6 +48,7 @@ _UNAVAILABLE_HINTS = (
 )
 _NOT_READY_HINTS = ("unknown model", "is not ready", "not found", "has no available versions")
 _TIMEOUT_HINTS = ("deadline exceeded", "request timed out")
+_RESTRICTED = "is restricted, expecting header"
 
 
 class DeadlineExpired(Exception):
@@ -89,6 +91,12 @@ def classify(exc: InferenceServerException, subject: str, timeout_s: float | Non
     message = str(exc.message() or exc)
     lowered = message.lower()
     generic = code in _GENERIC_CODES
+    if _RESTRICTED in lowered:
+        # Triton answers a restricted call without its key UNAVAILABLE (gRPC) or 403 (HTTP).
+        return AccessDenied(
+            f"{subject}: the server restricts this call to its admin key: {message}; "
+            "pass admin_key= to the client or set TRITON_ADMIN_KEY"
+        )
     if "request timeout expired" in lowered:
         # The request's own timeout ran out in the server's queue; Triton reports it as UNAVAILABLE.
         return InferenceTimeout(f"{subject}: no answer within {timeout_s}s: {message}")

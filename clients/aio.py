@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from ._base import ClientBase, Protocol
 from ._boundary import DeadlineExpired, server_not_ready, translate
 from .channel import GrpcChannelOptions
-from .errors import ClientError, InferenceTimeout, ModelNotReady, ServerUnavailable
+from .errors import AccessDenied, ClientError, InferenceTimeout, ModelNotReady, ServerUnavailable
 from .limits import InputLimits
 from .shm import InputRegions
 from .validation import ModelSignature
@@ -287,6 +287,8 @@ class AsyncTritonClient(ClientBase):
                 await self._call("unregister_system_shared_memory", name)
             except ServerUnavailable:
                 pass  # a server that is gone took its registrations with it
+            except AccessDenied:
+                pass  # without the key nothing was registered, and asking again will not change that
             except ClientError:
                 busy.append(name)
         return busy

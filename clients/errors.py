@@ -4,6 +4,7 @@
     ├── ServerUnavailable      the server cannot be reached, or refuses work (overload, shutting down)
     │   └── ServerOverloaded   the model's queue is full: refused at once, nothing ran
     ├── ModelNotReady          the model is unknown to the server or not loaded
+    ├── AccessDenied           the server restricts the call to holders of its admin key
     ├── InvalidInput           the server rejected the request's inputs (name, dtype, shape)
     ├── InferenceTimeout       no answer within the call's timeout
     └── InferenceFailed        the model ran and failed
@@ -16,6 +17,7 @@ asyncio). Validation against the model's metadata raises InvalidInput before any
 from __future__ import annotations
 
 __all__ = [
+    "AccessDenied",
     "ClientError",
     "InferenceFailed",
     "InferenceTimeout",
@@ -42,6 +44,13 @@ class ServerOverloaded(ServerUnavailable):
 
 class ModelNotReady(ClientError):
     """Raised when the model is unknown to the server, or known but not loaded and ready."""
+
+
+class AccessDenied(ClientError):
+    """Raised when the server restricts the call (Triton's `--grpc-restricted-protocol` /
+    `--http-restricted-api`, which the kit's server sets for model control, shared memory and
+    logging) and the client gave no key, or the wrong one: pass `admin_key=` or set
+    TRITON_ADMIN_KEY. Never retried: asking again without the key cannot succeed."""
 
 
 class InvalidInput(ClientError):

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from ._base import ClientBase, Protocol
 from ._boundary import server_not_ready, translate
 from .channel import GrpcChannelOptions
-from .errors import ClientError, InferenceTimeout, ModelNotReady, ServerUnavailable
+from .errors import AccessDenied, ClientError, InferenceTimeout, ModelNotReady, ServerUnavailable
 from .limits import InputLimits
 from .shm import InputRegions
 from .validation import ModelSignature
@@ -321,6 +321,8 @@ class TritonClient(ClientBase):
                 self._call("unregister_system_shared_memory", name)
             except ServerUnavailable:
                 pass  # a server that is gone took its registrations with it
+            except AccessDenied:
+                pass  # without the key nothing was registered, and asking again will not change that
             except ClientError:
                 busy.append(name)
         return busy

@@ -9,6 +9,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from clients import (
+    AccessDenied,
     ClientError,
     GrpcChannelOptions,
     InferenceFailed,
@@ -97,6 +98,9 @@ GRPC_AND_HTTP_ERRORS = [
     ("StatusCode.RESOURCE_EXHAUSTED", "Received message larger than max (4045 vs. 1000)", InferenceFailed),
     ("StatusCode.INTERNAL", "onnxruntime: failed to run the model", InferenceFailed),
     ("500", "Python model 'tokenizer' raised", InferenceFailed),
+    # No admin key: not an unavailable server, so never retried.
+    ("StatusCode.UNAVAILABLE", "This protocol is restricted, expecting header 'admin-key'", AccessDenied),
+    ("403", "This API is restricted, expecting header 'admin-key'", AccessDenied),
 ]
 
 
