@@ -22,7 +22,9 @@ NOT_HERE = "not docker"  # make test-system
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.run", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.run", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     parser.add_argument("--workers", default="2", help="pytest-xdist workers for the first part (default 2)")
     parser.add_argument("-m", dest="markers", help="a marker expression narrowing both parts")
     ours, pytest_args = parser.parse_known_args(argv)
