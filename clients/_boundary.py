@@ -32,7 +32,7 @@ from .errors import (
     ServerUnavailable,
 )
 
-__all__ = ["DeadlineExpired", "classify", "server_not_ready", "translate"]
+__all__ = ["UNLOADED_RECHECK_S", "DeadlineExpired", "classify", "server_not_ready", "translate", "unloaded"]
 
 # Messages are only consulted when the status says little: none, or HTTP's catch-all 400/500.
 _GENERIC_CODES = ("", "400", "500", "UNKNOWN", "INTERNAL")
@@ -49,6 +49,12 @@ _UNAVAILABLE_HINTS = (
 _NOT_READY_HINTS = ("unknown model", "is not ready", "not found", "has no available versions")
 _TIMEOUT_HINTS = ("deadline exceeded", "request timed out")
 _RESTRICTED = "is restricted, expecting header"
+_UNLOADED = "has no available versions"
+
+UNLOADED_RECHECK_S = 0.1
+"""How long after a model's "has no available versions" the clients ask the server's readiness
+again: a stopping kit server unloads its ensembles first, and is ready until Triton's own drain
+begins a moment later (server.supervisor.drain_ensembles)."""
 
 
 class DeadlineExpired(Exception):
@@ -125,3 +131,8 @@ def server_not_ready(error: ModelNotReady) -> ServerUnavailable:
     """A model missing from a server that is not ready itself: it is stopping (Triton unloads
     every model first) or still starting, so another server, or this one later, may answer."""
     return ServerUnavailable(f"{error} (the server is not ready: stopping or starting)")
+
+
+def unloaded(error: ModelNotReady) -> bool:
+    """Whether Triton said the model is in its repository but has no loaded version."""
+    return _UNLOADED in str(error)

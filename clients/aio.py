@@ -23,7 +23,7 @@ import tritonclient.http.aio as httpaio
 from numpy.typing import NDArray
 
 from ._base import ClientBase, Protocol
-from ._boundary import DeadlineExpired, server_not_ready, translate
+from ._boundary import UNLOADED_RECHECK_S, DeadlineExpired, server_not_ready, translate, unloaded
 from .channel import GrpcChannelOptions
 from .errors import AccessDenied, ClientError, InferenceTimeout, ModelNotReady, ServerUnavailable
 from .limits import InputLimits
@@ -101,9 +101,18 @@ class AsyncTritonClient(ClientBase):
                 method, *args, model=model, deadline_s=deadline_s, as_json=as_json, loading=loading, **kwargs
             )
         except ModelNotReady as error:
-            if model is None or loading or await self._server_ready():
+            if model is None or loading or not await self._stopping(error):
                 raise
             raise server_not_ready(error) from error
+
+    async def _stopping(self, error: ModelNotReady) -> bool:
+        """Whether a missing model is a stopping server's (see TritonClient._stopping)."""
+        if not await self._server_ready():
+            return True
+        if not unloaded(error):
+            return False
+        await asyncio.sleep(UNLOADED_RECHECK_S)
+        return not await self._server_ready()
 
     async def _server_ready(self) -> bool:
         with contextlib.suppress(ClientError):

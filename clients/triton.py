@@ -26,7 +26,7 @@ import tritonclient.http as httpclient
 from numpy.typing import NDArray
 
 from ._base import ClientBase, Protocol
-from ._boundary import server_not_ready, translate
+from ._boundary import UNLOADED_RECHECK_S, server_not_ready, translate, unloaded
 from .channel import GrpcChannelOptions
 from .errors import AccessDenied, ClientError, InferenceTimeout, ModelNotReady, ServerUnavailable
 from .limits import InputLimits
@@ -106,9 +106,19 @@ class TritonClient(ClientBase):
                 method, *args, model=model, deadline_s=deadline_s, as_json=as_json, loading=loading, **kwargs
             )
         except ModelNotReady as error:
-            if model is None or loading or self._server_ready():
+            if model is None or loading or not self._stopping(error):
                 raise
             raise server_not_ready(error) from error
+
+    def _stopping(self, error: ModelNotReady) -> bool:
+        """Whether a missing model is a stopping server's: it is not ready, or, for a model just
+        unloaded, is not ready a moment later."""
+        if not self._server_ready():
+            return True
+        if not unloaded(error):
+            return False
+        time.sleep(UNLOADED_RECHECK_S)
+        return not self._server_ready()
 
     def _server_ready(self) -> bool:
         with contextlib.suppress(ClientError):

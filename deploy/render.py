@@ -22,6 +22,7 @@ import yaml
 
 from deploy.interpolate import interpolation_problems
 from server.embedded import EXIT_TIMEOUT_S, SUPERVISOR_IN_CONTAINER, container_command
+from server.supervisor import ENSEMBLE_DRAIN_S
 
 __all__ = ["KUBERNETES_VERSION", "Manifests", "compose_problems", "manifest_problems", "render_manifests"]
 
@@ -73,7 +74,7 @@ class Manifests:
             admin_secret=self.admin_secret,
             replicas=self.replicas,
             max_replicas=self.max_replicas,
-            termination_grace_s=EXIT_TIMEOUT_S + 10,
+            termination_grace_s=int(ENSEMBLE_DRAIN_S) + EXIT_TIMEOUT_S + 10,  # the ensembles' drain, then Triton's
             s3=s3,
             s3_secret=self.s3_secret,
             volume_claim=self.repository.removeprefix("pvc:"),

@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from server.onnxruntime_backend import install_backend
 from server.supervisor import (
     ADMIN_HEADER,
     StubSupervisor,
+    drain_ensembles,
     is_ready,
     kill_group,
     remove_regions,
@@ -231,6 +233,7 @@ class EmbeddedTriton:
     _reloads: list[dict[str, object]] = field(default_factory=list, init=False, repr=False)
     _supervisor: StubSupervisor | None = field(default=None, init=False, repr=False)
     _log_handle: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _terminating: threading.Thread | None = field(default=None, init=False, repr=False)
 
     @property
     def http_url(self) -> str:
@@ -254,11 +257,16 @@ class EmbeddedTriton:
         seconds to serve again (or the error)."""
         return list(self._reloads)
 
+    @property
+    def effective_model_control_mode(self) -> str:
+        """The mode the server runs in: explicit, every model loaded at start, where a supervised
+        server was asked for "none" (reloading needs model control)."""
+        return "explicit" if self.supervise and self.model_control_mode == "none" else self.model_control_mode
+
     def command(self, installation: TritonInstallation) -> list[str]:
         """The tritonserver command line."""
-        mode, control = self.model_control_mode, []
-        if self.supervise and mode == "none":
-            mode, control = "explicit", ["--load-model=*"]  # reloading needs model control
+        mode = self.effective_model_control_mode
+        control = ["--load-model=*"] if mode != self.model_control_mode else []
         return [
             str(installation.binary),
             f"--model-repository={self.repository.resolve()}",
@@ -372,12 +380,16 @@ class EmbeddedTriton:
             self._supervisor = None
         if process is None:
             return None
+        terminating, self._terminating = self._terminating, None
         try:
             regions |= stub_regions(process.pid)
-            if process.poll() is None:
+            if terminating is not None:
+                terminating.join()  # terminate() is draining the ensembles, then signals the server
+            elif process.poll() is None:
+                self._drain_ensembles()
                 process.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=self.exit_timeout_s + 10)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=self.exit_timeout_s + 10)
         finally:
             kill_group(process.pid)
             process.wait()
@@ -388,11 +400,27 @@ class EmbeddedTriton:
         return process.returncode
 
     def terminate(self) -> None:
-        """Ask the server to shut down (SIGTERM) without waiting; safe inside a signal handler."""
+        """Ask the server to shut down without waiting: a thread drains the ensembles, then sends
+        SIGTERM; safe inside a signal handler. Called again, it does nothing more."""
         if self._supervisor is not None:
             self._supervisor.stop()
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
+        process = self._process
+        if process is None or process.poll() is not None or self._terminating is not None:
+            return
+
+        def drain_then_signal() -> None:
+            self._drain_ensembles()
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+
+        self._terminating = threading.Thread(target=drain_then_signal, name="triton-drain", daemon=True)
+        self._terminating.start()
+
+    def _drain_ensembles(self) -> None:
+        """Let the ensembles finish their in-flight requests before Triton stops every scheduler
+        (see server.supervisor.drain_ensembles); only model control can unload them."""
+        if self.effective_model_control_mode == "explicit":
+            drain_ensembles(self.http_url, {ADMIN_HEADER: self._key}, self._note)
 
     def kill(self) -> None:
         """End the server's whole process group at once (SIGKILL)."""

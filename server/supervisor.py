@@ -45,11 +45,13 @@ __all__ = [
     "ADMIN_HEADER",
     "STUB",
     "StubSupervisor",
+    "drain_ensembles",
     "is_ready",
     "kill_group",
     "main",
     "model_of",
     "remove_regions",
+    "request",
     "restricted_flags",
     "stamped",
     "stub_processes",
@@ -145,6 +147,10 @@ def model_of(instance: str) -> str:
 RECOVERY_PARAMETER = "triton_kit.recovery"
 """A parameter counting the supervisor's reloads of a Python-backend model: Triton skips a load
 whose config equals the one it serves, so each recovery's override must differ from the last."""
+
+ENSEMBLE_DRAIN_S = 20.0
+"""How long a stop waits for ensembles to finish their in-flight requests before signalling the
+server (within Kubernetes' default 30 s grace, which the server's own drain shares)."""
 
 RETIRED_GRACE_S = 60.0
 """How long a stub a reload retired may finish its in-flight work before it counts as leaked and is ended."""
@@ -269,19 +275,88 @@ class StubSupervisor(threading.Thread):
             self.log(f"model '{model}' unloaded: it is not ready until loaded again")
 
     def _request(self, method: str, path: str, body: object = None) -> str:
-        host, port = self.http_url.rsplit(":", 1)
-        connection = http.client.HTTPConnection(host, int(port), timeout=300)
+        return request(self.http_url, self.headers, method, path, body)
+
+
+def request(http_url: str, headers: dict[str, str], method: str, path: str, body: object = None) -> str:
+    """One call to the server's HTTP API (admin `headers` included); its body, or OSError unless 200."""
+    host, port = http_url.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=300)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        # http.client sends header names as given (urllib would capitalise them).
+        connection.request(method, path, body=data, headers=headers)
+        response = connection.getresponse()
+        text = response.read().decode()
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise OSError(f"{method} {path}: HTTP {response.status}: {text}")
+    return text
+
+
+def drain_ensembles(
+    http_url: str, headers: dict[str, str], log: Callable[[str], None], timeout_s: float = ENSEMBLE_DRAIN_S
+) -> list[str]:
+    """Unload the server's ensembles, outermost first, each once its in-flight requests are done;
+    return those unloaded. Called before the server is signalled to stop.
+
+    Why: on SIGTERM Triton stops every model's scheduler at once, so an ensemble request between
+    two steps is refused its next one ("scheduler for model has stopped accepting new inference
+    requests") and lost. Unloaded first, an ensemble finishes what it holds on steps that still
+    serve; while it unloads, a strict-readiness server reports not ready, which the kit's clients
+    take for a stopping server. Needs explicit model control; any refusal leaves the stop as Triton's.
+    """
+    began = time.monotonic()
+    try:
+        ready = [
+            entry["name"]
+            for entry in json.loads(request(http_url, headers, "POST", "/v2/repository/index", {"ready": True}))
+        ]
+        configs = {name: json.loads(request(http_url, headers, "GET", f"/v2/models/{name}/config")) for name in ready}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log(f"ensembles not drained before the stop: {exc}")
+        return []
+    steps = {
+        name: {step.get("model_name") for step in config.get("ensemble_scheduling", {}).get("step", [])}
+        for name, config in configs.items()
+        if config.get("platform") == "ensemble"
+    }
+    unloaded: list[str] = []
+    while steps:
+        inner = set().union(*steps.values())
+        layer = sorted(name for name in steps if name not in inner) or sorted(steps)  # a cycle: all at once
         try:
-            data = None if body is None else json.dumps(body).encode()
-            # http.client sends header names as given (urllib would capitalise them).
-            connection.request(method, path, body=data, headers=self.headers)
-            response = connection.getresponse()
-            text = response.read().decode()
-        finally:
-            connection.close()
-        if response.status != 200:
-            raise OSError(f"{method} {path}: HTTP {response.status}: {text}")
-        return text
+            for name in layer:
+                request(http_url, headers, "POST", f"/v2/repository/models/{name}/unload")
+            while not _unloaded(http_url, headers, layer):
+                if time.monotonic() - began > timeout_s:
+                    log(
+                        f"ensembles {', '.join(layer)} still had requests in flight after {timeout_s:.0f} s: signalling the server"
+                    )
+                    return unloaded
+                time.sleep(0.01)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log(f"ensembles not drained before the stop: {exc}")
+            return unloaded
+        unloaded += layer
+        for name in layer:
+            del steps[name]
+    if unloaded:
+        log(
+            f"ensembles {', '.join(unloaded)} drained in {time.monotonic() - began:.2f} s, their requests in flight answered: signalling the server"
+        )
+    return unloaded
+
+
+def _unloaded(http_url: str, headers: dict[str, str], names: list[str]) -> bool:
+    """Whether none of `names` is loaded or unloading (Triton keeps an unloading model until its
+    last in-flight request is answered)."""
+    states = {
+        entry["name"]: entry.get("state")
+        for entry in json.loads(request(http_url, headers, "POST", "/v2/repository/index"))
+    }
+    return all(states.get(name) in (None, "UNAVAILABLE") for name in names)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,9 +388,20 @@ def main(argv: list[str] | None = None) -> int:
     server = subprocess.Popen([*command, *restricted_flags(key, chosen is not None)], start_new_session=True)
     supervisor = StubSupervisor(server.pid, http_url, {ADMIN_HEADER: key}, log, [])
 
+    draining: list[threading.Thread] = []
+
+    def drain_then_forward(signum: int) -> None:
+        drain_ensembles(http_url, {ADMIN_HEADER: key}, log)
+        if server.poll() is None:
+            server.send_signal(signum)
+
     def forward(signum: int, frame: FrameType | None) -> None:
         supervisor.stop()  # the stubs' exits in the drain are no crash
-        if server.poll() is None:
+        if not draining:
+            # Not in the handler itself: the drain makes HTTP calls and waits.
+            draining.append(threading.Thread(target=drain_then_forward, args=(signum,), daemon=True))
+            draining[0].start()
+        elif not draining[0].is_alive() and server.poll() is None:
             server.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)

@@ -20,7 +20,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from clients import AccessDenied, ClientError, ServerOverloaded, ServerUnavailable, TritonClient
+from clients import AccessDenied, ClientError, ModelNotReady, ServerOverloaded, ServerUnavailable, TritonClient
 from server.embedded import (
     SUPERVISOR_IN_CONTAINER,
     container_command,
@@ -144,12 +144,17 @@ def test_a_model_unloading_in_a_drain_is_answered_as_unavailable_and_in_flight_w
 ) -> None:
     """SIGTERM with a slow request in flight: Triton unloads the idle model at once and waits for
     the busy one. A request to the unloaded model must read as a stopping server (retryable, so
-    a client behind two servers moves on), not as a missing model."""
+    a client behind two servers moves on), not as a missing model; unloaded by hand on a server
+    that stays up, it is missing for good."""
     repo = build_entries(tmp_path, linear_model(), slow_model(seconds=4.0, max_batch_size=8))
     server = make_server(repo, tmp_path)
     server.start(timeout_s=240)
     try:
         with TritonClient(server.grpc_url) as busy, TritonClient(server.grpc_url, retries=0) as client:
+            client.unload_model("linear")
+            with pytest.raises(ModelNotReady, match="has no available versions$"):
+                client.infer("linear", {"x": X})
+            client.load_model("linear")
             client.infer("linear", {"x": X})
             with ThreadPoolExecutor(max_workers=1) as pool:
                 in_flight = pool.submit(busy.infer, "slow", {"x": X})

@@ -52,9 +52,24 @@ def test_a_model_that_fails_to_load_reports_the_server_log(tiny_repository: Path
 def test_make_serve_drains_once_when_its_process_group_is_signalled(tmp_path: Path, sig: signal.Signals) -> None:
     """A terminal's Ctrl-C and a process manager's SIGTERM reach every process of the group, and
     may reach the server again at once through make: one drain all the same, to its end (the
-    request in flight answered, every model unloaded by Triton itself, no shared memory left)."""
+    request in flight answered, every model unloaded, no shared memory left). The request is an
+    ensemble's, in its first step: its second must still run, though Triton refuses new work to
+    every model once signalled, so the ensemble is drained before the server is."""
     started = tmp_path / "started"
-    repo = build_entries(tmp_path, linear_model(), echo_model(options={"seconds": 3.0, "started": str(started)}))
+    pipeline = {
+        "name": "pipeline",
+        "kind": "ensemble",
+        "max_batch_size": 8,
+        "inputs": [{"name": "x", "dtype": "TYPE_FP32", "dims": [4]}],
+        "outputs": [{"name": "y", "dtype": "TYPE_FP32", "dims": [3]}],
+        "steps": [
+            {"model": "echo", "inputs": {"x": "x"}, "outputs": {"y": "echoed"}},
+            {"model": "linear", "inputs": {"x": "echoed"}, "outputs": {"y": "y"}},
+        ],
+    }
+    repo = build_entries(
+        tmp_path, linear_model(), echo_model(options={"seconds": 3.0, "started": str(started)}), pipeline
+    )
     ports = {name: str(free_port()) for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")}
     make = subprocess.Popen(
         ["make", "--no-print-directory", "serve", f"REPO={repo}"],
@@ -75,8 +90,10 @@ def test_make_serve_drains_once_when_its_process_group_is_signalled(tmp_path: Pa
             )
             regions = stub_regions(server_pid)
             assert regions and all((Path("/dev/shm") / name).exists() for name in regions)
+            expected = client.infer("linear", {"x": x})["y"]
+            started.unlink(missing_ok=True)  # the build's own checks ran the model
             with ThreadPoolExecutor(max_workers=1) as pool:
-                in_flight = pool.submit(client.infer, "echo", {"x": x})
+                in_flight = pool.submit(client.infer, "pipeline", {"x": x})
                 deadline = time.monotonic() + 30
                 while not started.exists() and time.monotonic() < deadline:  # in the model, not on its way
                     time.sleep(0.05)
@@ -89,7 +106,7 @@ def test_make_serve_drains_once_when_its_process_group_is_signalled(tmp_path: Pa
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGKILL)
             make.wait()
-    np.testing.assert_array_equal(answer, x)
+    np.testing.assert_array_equal(answer, expected)
     # make re-raises the signal it got on itself once its recipe ended (GNU make's convention);
     # the server process under it exits 0 and leaves nothing behind.
     text = output.decode(errors="replace")
@@ -101,7 +118,8 @@ def test_make_serve_drains_once_when_its_process_group_is_signalled(tmp_path: Pa
     assert process_group(server_pid) == []
     assert text.count("stopping the server") == 1 and "forcing" not in text, text[-3000:]
     assert "draining still" in text
-    for model in ("linear", "echo"):
+    assert "ensembles pipeline drained in" in text, text[-3000:]
+    for model in ("linear", "echo", "pipeline"):
         assert f"successfully unloaded '{model}' version 1" in text, text[-3000:]
     assert not [name for name in regions if (Path("/dev/shm") / name).exists()], "the stubs' shared memory is gone"
 

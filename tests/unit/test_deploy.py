@@ -27,6 +27,7 @@ from server.embedded import (
     find_installation,
     server_flags,
 )
+from server.supervisor import ENSEMBLE_DRAIN_S
 from tests.conftest import ROOT
 
 INSTALL = {"docker-compose": "Debian: apt-get install docker-compose", "docker compose": "the Docker CLI plugin"}
@@ -72,6 +73,8 @@ def test_compose_triton_is_healthchecked_restarted_and_tuned() -> None:
         )
         assert service["healthcheck"]["start_period"]
         assert service["restart"] == "unless-stopped"
+        # Room for the supervisor's drain of the ensembles, then the server's own.
+        assert int(service["stop_grace_period"].removesuffix("s")) > ENSEMBLE_DRAIN_S + EXIT_TIMEOUT_S
         assert service["shm_size"] and service["ulimits"]["stack"]
         # Either one is `triton` to Prometheus and Locust.
         assert service["networks"]["default"]["aliases"] == ["triton"]
@@ -259,7 +262,7 @@ def test_the_manifests_keep_their_safety_defaults(target: str) -> None:
     limits = container["resources"]["limits"]
     assert limits["cpu"] and limits["memory"]
     assert ("nvidia.com/gpu" in limits) == (target == "gpu")
-    assert pod["terminationGracePeriodSeconds"] > EXIT_TIMEOUT_S
+    assert pod["terminationGracePeriodSeconds"] > ENSEMBLE_DRAIN_S + EXIT_TIMEOUT_S
     assert pod["securityContext"]["runAsNonRoot"] is True
     # Secrets (the admin key, S3 credentials) are never inlined: only this setting is a value.
     assert [env for env in container["env"] if "valueFrom" not in env] == [
