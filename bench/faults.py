@@ -15,6 +15,11 @@
    whether Triton logged every model unloaded, and the files its stubs left in /dev/shm. A request
    the client sent just before the signal may reach the server after it: counted in flight.
 3. The server's resident memory (with its stubs) after the kills and under the drain's load.
+4. Whether memory is bounded (`--bursts`, `--repeat-kills`): tritonserver's own resident memory
+   and its whole tree's after each of several bursts of `image_classification` (JPEG decode, 16
+   clients), then after each of several kills of `tokenizer`'s stub under load. Triton 2.51 never
+   unloads the generation a stub died in when requests were running in it (the server's stop then
+   reports it as a live model until its exit timeout): each such kill leaves one behind.
 
 Results go to bench/results/faults.json.
 """
@@ -150,6 +155,44 @@ def kill_and_wait(server: EmbeddedTriton, victim: str) -> dict[str, Any]:
     }
 
 
+def memory_series(repo: Path, scratch: Path, bursts: int, burst_s: float, kills: int) -> dict[str, Any]:
+    """Memory after each image burst, then after each stub kill, on one server."""
+    server = embedded(repo, scratch / "memory.log")
+    server.start(timeout_s=600)
+    pid = server.pid or 0
+
+    def sample() -> dict[str, float]:
+        time.sleep(1.0)  # the last responses out, the batchers idle
+        return {"server_mb": round(psutil.Process(pid).memory_info().rss / 2**20, 1), "tree_mb": tree_memory_mb(pid)}
+
+    record: dict[str, Any] = {"started": sample(), "image_bursts": [], "tokenizer_kills": []}
+    try:
+        for _ in range(bursts):
+            with ClosedLoop(server.grpc_url, "image_classification", 16, retries=0) as load:
+                time.sleep(burst_s)
+            record["image_bursts"].append({**sample(), "answered": sum(o[2] == "ok" for o in load.outcomes)})
+        with ClosedLoop(server.grpc_url, "text_embedding", 8, retries=6):
+            time.sleep(2.0)
+            for _ in range(kills):
+                kill = kill_and_wait(server, "tokenizer")
+                record["tokenizer_kills"].append({**sample(), "reload_s": kill["reload_s"]})
+    finally:
+        server.stop()
+    log = (scratch / "memory.log").read_text(errors="replace")
+    live = re.findall(r"Timeout \d+: Found (\d+) live models", log)
+    record["live_models_at_stop_end"] = int(live[-1]) if live else None
+    record["exit_timeout_expired"] = "Exit timeout expired" in log
+    bursts_mb = [b["server_mb"] for b in record["image_bursts"]]
+    kills_mb = [k["server_mb"] for k in record["tokenizer_kills"]]
+    record["growth_mb"] = {
+        "first_burst": round(bursts_mb[0] - record["started"]["server_mb"], 1) if bursts_mb else None,
+        "later_bursts": round(bursts_mb[-1] - bursts_mb[0], 1) if bursts_mb else None,
+        "per_kill": round((kills_mb[-1] - kills_mb[0]) / (len(kills_mb) - 1), 1) if len(kills_mb) > 1 else None,
+    }
+    print(f"memory: {record}", flush=True)
+    return record
+
+
 def tree_memory_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants (the server and its stubs)."""
     root = psutil.Process(pid)
@@ -221,6 +264,9 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, default=ROOT / "model_repository")
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients during the stub kills")
     parser.add_argument("--drain-clients", type=int, default=128, help="closed-loop clients during the drain")
+    parser.add_argument("--bursts", type=int, default=6, help="image bursts of the memory series (0: none)")
+    parser.add_argument("--burst-s", type=float, default=5.0, help="seconds of one image burst")
+    parser.add_argument("--repeat-kills", type=int, default=6, help="tokenizer kills of the memory series")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "faults.json")
     args = parser.parse_args()
     scratch = ROOT / ".triton" / "bench-faults"
@@ -233,6 +279,8 @@ def main() -> None:
     }
     record["stub_kills"] = stub_kills(args.repo, args.clients, scratch)
     record["drain"] = [drain(args.repo, args.drain_clients, scratch, model) for model in DRAINED]
+    if args.bursts or args.repeat_kills:
+        record["memory"] = memory_series(args.repo, scratch, args.bursts, args.burst_s, args.repeat_kills)
     print(json.dumps(record, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

@@ -1,8 +1,9 @@
 """`python -m server`: run the embedded Triton server in the foreground (what `make serve` does).
 
 Ports come from TRITON_HTTP_PORT, TRITON_GRPC_PORT and TRITON_METRICS_PORT (8000/8001/8002 by
-default) unless given as flags. Ctrl-C or SIGTERM drains the server (in-flight requests finish)
-and stops it with its stub processes; the same signal again, 2 s or more later, forces it down.
+default) unless given as flags. Ctrl-C or SIGTERM drains the server (the ensembles first, then
+every other model; in-flight requests finish) and stops it with its stub processes; the same
+signal again, 2 s or more later, forces it down.
 A model whose stub process dies is reloaded (see server/supervisor.py). Log settings and tracing
 need the admin key, TRITON_ADMIN_KEY (header `admin-key`); set, model control needs it too.
 """
