@@ -30,15 +30,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from server.admin_key import key_library
 from server.errors import ServerError
 from server.onnxruntime_backend import install_backend
 from server.supervisor import (
     ADMIN_HEADER,
+    KEY_PLACEHOLDER,
     StubSupervisor,
     drain_ensembles,
     is_ready,
+    key_environment,
     kill_group,
     remove_regions,
+    request,
     restricted_flags,
     stamped,
     stub_regions,
@@ -279,7 +283,8 @@ class EmbeddedTriton:
             f"--metrics-port={self.metrics_port}",
             *server_flags(mode, self.exit_timeout_s),
             *control,
-            *restricted_flags(self._key, lock_model_control=self.admin_key is not None),
+            # The key itself reaches the server through its environment (see server/admin_key.py).
+            *restricted_flags(KEY_PLACEHOLDER, lock_model_control=self.admin_key is not None),
             f"--log-verbose={self.log_verbose}",
             *self.extra_args,
         ]
@@ -317,9 +322,10 @@ class EmbeddedTriton:
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = self.log_file.open("ab")
+        environment = key_environment(self._key, key_library(), server_environment(installation))
         self._process = subprocess.Popen(
             self.command(installation),
-            env=server_environment(installation),
+            env=environment,
             stdout=self._log_handle,
             stderr=subprocess.STDOUT if self._log_handle else None,
             start_new_session=True,  # its own process group: stop() ends the stubs with it
@@ -327,10 +333,22 @@ class EmbeddedTriton:
         if wait:
             try:
                 self.wait_until_ready(timeout_s)
+                self._check_admin_key()
             except BaseException:
                 self.stop()
                 raise
             self.start_supervisor()
+
+    def _check_admin_key(self) -> None:
+        """Raise ServerError unless the server took the admin key from its preloaded library."""
+        try:
+            request(self.http_url, {ADMIN_HEADER: self._key}, "GET", "/v2/logging")
+        except OSError as exc:
+            raise ServerError(
+                f"the server did not take the admin key its preloaded library ({key_library()}) should have put "
+                f"in its flags: {exc}; check LD_PRELOAD is not disabled for tritonserver",
+                self.log_tail(),
+            ) from exc
 
     def start_supervisor(self) -> None:
         """Watch the stubs from now on (start() does this once the server is ready)."""

@@ -43,10 +43,13 @@ from types import FrameType
 
 __all__ = [
     "ADMIN_HEADER",
+    "KEY_LIBRARY_SETTING",
+    "KEY_PLACEHOLDER",
     "STUB",
     "StubSupervisor",
     "drain_ensembles",
     "is_ready",
+    "key_environment",
     "kill_group",
     "main",
     "model_of",
@@ -68,6 +71,25 @@ _REGION_PREFIX = "triton_python_backend_shm_region_"
 _INSTANCE = re.compile(r"(.+)_\d+_\d+")
 """Where the stub's command line names its shared-memory region and what it serves, in Triton 2.51."""
 _GROUP = re.compile(r"(.+)_\d+")  # an instance stub's group: Triton names instances <group>_<index>
+
+
+KEY_PLACEHOLDER = "@TRITON_KIT_ADMIN_KEY@"
+"""Where the admin key goes in the server's flags when a preloaded library puts it there
+(server/key_from_env.cc): the command line then shows this, not the key."""
+KEY_LIBRARY_SETTING = "TRITON_KIT_KEY_LIBRARY"
+"""Names that library for this script (the kit image sets it); unset, the key is in the flags."""
+
+
+def key_environment(key: str, library: Path, environment: dict[str, str]) -> dict[str, str]:
+    """`environment` with what the preloaded `library` needs to put `key` in place of
+    KEY_PLACEHOLDER; the library removes all of it again before the server starts any stub."""
+    preloaded = environment.get("LD_PRELOAD", "")
+    return {
+        **environment,
+        "TRITON_KIT_ADMIN_KEY": key,
+        "TRITON_KIT_LD_PRELOAD_REST": preloaded,  # put back in LD_PRELOAD for the stubs
+        "LD_PRELOAD": f"{library} {preloaded}".strip(),
+    }
 
 
 def restricted_flags(key: str, lock_model_control: bool) -> list[str]:
@@ -384,8 +406,19 @@ def main(argv: list[str] | None = None) -> int:
     def log(line: str) -> None:
         print(stamped(line), file=sys.stderr, flush=True)
 
+    library = Path(os.environ.get(KEY_LIBRARY_SETTING) or "/nonexistent")
+    if library.is_file():  # the kit image's: the key stays off the command line (server/admin_key.py)
+        flags = restricted_flags(KEY_PLACEHOLDER, chosen is not None)
+        environment = key_environment(key, library, dict(os.environ))
+    else:
+        flags, environment = restricted_flags(key, chosen is not None), None
+        if chosen:
+            log(
+                f"the admin key is on tritonserver's command line (set {KEY_LIBRARY_SETTING} to the kit's "
+                "libtriton_kit_key_from_env.so to keep it off)"
+            )
     # Its own process group: the stubs it starts are told apart from anything else in the container.
-    server = subprocess.Popen([*command, *restricted_flags(key, chosen is not None)], start_new_session=True)
+    server = subprocess.Popen([*command, *flags], env=environment, start_new_session=True)
     supervisor = StubSupervisor(server.pid, http_url, {ADMIN_HEADER: key}, log, [])
 
     draining: list[threading.Thread] = []
@@ -406,8 +439,16 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    refused = False
     while server.poll() is None and not supervisor.stopping:
         if is_ready(http_url):
+            try:  # the reloads below need the key: prove the server took it
+                request(http_url, {ADMIN_HEADER: key}, "GET", "/v2/logging")
+            except OSError as exc:
+                log(f"the server did not take the admin key ({exc}): stopping it")
+                refused = True
+                forward(signal.SIGTERM, None)
+                break
             # Once every model has loaded: the stubs seen then are the ones to keep alive.
             supervisor.start()
             log(f"watching the stub processes of tritonserver (pid {server.pid})")
@@ -418,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     regions = supervisor.regions | stub_regions(server.pid)
     kill_group(server.pid)  # stubs a killed server left behind
     remove_regions(regions)  # and their shared memory
-    return code
+    return 1 if refused else code
 
 
 def stamped(line: str) -> str:

@@ -22,6 +22,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from clients import AccessDenied, ClientError, ModelNotReady, ServerOverloaded, ServerUnavailable, TritonClient
+from server.admin_key import key_library
 from server.embedded import (
     SUPERVISOR_IN_CONTAINER,
     container_command,
@@ -29,7 +30,7 @@ from server.embedded import (
     prepare_backends,
     server_environment,
 )
-from server.supervisor import kill_group, stub_processes, stub_regions
+from server.supervisor import KEY_LIBRARY_SETTING, kill_group, stub_processes, stub_regions
 from tests.conftest import ROOT, echo_model, linear_model
 from tests.integration.conftest import build_entries, make_server
 
@@ -216,8 +217,15 @@ def test_the_containers_supervisor_script_brings_a_killed_stub_back_and_drains_o
         f"--grpc-port={ports.grpc_port}", f"--metrics-port={ports.metrics_port}",
     ]  # fmt: skip
     log = tmp_path / "supervised.log"
+    # The kit image's set-up: a chosen admin key (model control, which the reload uses, needs it)
+    # kept off the command line by the preloaded library.
+    environment = {
+        **server_environment(installation),
+        "TRITON_ADMIN_KEY": "container-s3cret",
+        KEY_LIBRARY_SETTING: str(key_library()),
+    }
     with log.open("wb") as sink:
-        wrapper = subprocess.Popen(command, env=server_environment(installation), stdout=sink, stderr=subprocess.STDOUT)
+        wrapper = subprocess.Popen(command, env=environment, stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
         while "watching the stub processes" not in log.read_text() and time.monotonic() < deadline:
@@ -225,6 +233,7 @@ def test_the_containers_supervisor_script_brings_a_killed_stub_back_and_drains_o
             time.sleep(0.2)
         (server_pid,) = [int(p) for p in Path(f"/proc/{wrapper.pid}/task/{wrapper.pid}/children").read_text().split()]
         (victim,) = [pid for pid, name in stub_processes(server_pid).items() if name.startswith("echo_")]
+        assert b"container-s3cret" not in Path(f"/proc/{server_pid}/cmdline").read_bytes()
         with TritonClient(ports.grpc_url, retries=8, backoff_s=0.25) as client:
             expected = client.infer("echo", {"x": X})["y"]
             os.kill(victim, signal.SIGKILL)
@@ -247,11 +256,20 @@ def test_the_containers_supervisor_script_brings_a_killed_stub_back_and_drains_o
 
 
 def test_log_settings_and_model_control_need_the_admin_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin key guards the admin APIs, and no process of the server shows it to other local
+    users: not tritonserver's command line (which Triton 2.51 reads keys from), not a stub's, and
+    not their environments either, once started."""
     monkeypatch.delenv("TRITON_ADMIN_KEY", raising=False)
-    repo = build_entries(tmp_path, linear_model())
+    repo = build_entries(tmp_path, linear_model(), echo_model())
     server = make_server(repo, tmp_path)
     server.admin_key = "s3cret"
     server.start(timeout_s=240)
+    processes = [server.pid or 0, *stub_processes(server.pid or 0)]
+    assert len(processes) == 2  # the server and echo's stub
+    for pid in processes:
+        for view in ("cmdline", "environ"):
+            assert b"s3cret" not in Path(f"/proc/{pid}/{view}").read_bytes(), f"/proc/{pid}/{view} holds the key"
+    assert b"@TRITON_KIT_ADMIN_KEY@" in Path(f"/proc/{server.pid}/cmdline").read_bytes()
     # Closed before the stop: Triton waits out its exit timeout (30 s) for open HTTP connections.
     client = httpclient.InferenceServerClient(server.http_url)
     try:
@@ -276,7 +294,7 @@ def test_log_settings_and_model_control_need_the_admin_key(tmp_path: Path, monke
                 np.testing.assert_array_equal(admin.infer("linear", {"x": X}, shared_memory=True)["y"], expected)
                 admin.unload_model("linear")
                 admin.load_model("linear")
-                assert [m["state"] for m in admin.models()] == ["READY"]
+                assert {m["name"]: m["state"] for m in admin.models()} == {"echo": "READY", "linear": "READY"}
     finally:
         client.close()
         server.stop()
