@@ -106,6 +106,7 @@ def images(engine: str, base_image: str, wheelhouse_url: str) -> dict[str, str]:
     staged = ROOT / ".triton" / "image" / "onnxruntime-backend"
     shutil.rmtree(staged.parent, ignore_errors=True)
     checked(sys.executable, "-m", "server.onnxruntime_backend", "--copy-to", str(staged))
+    checked(sys.executable, "-m", "server.admin_key", "--copy-to", str(staged.parent))
     checked(
         engine, "build", "--network", "host", "--file", str(ROOT / "deploy/docker/Dockerfile"),
         "--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", f"PIP_FIND_LINKS={wheelhouse_url}",
