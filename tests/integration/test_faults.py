@@ -56,12 +56,11 @@ def slow_model(seconds: float, max_batch_size: int = 1, max_queue_size: int | No
 
 
 # A stub's model of each kind the kit writes: a Python pre/post-processing model, and a compiled
-# variant (the example's, copied), with the request a client sends it and the longest reload
-# allowed on a 2-core machine under load (a compiled one loads its AOTInductor package twice).
+# variant (the example's, copied), with the request a client sends it.
 IDS = np.random.default_rng(0).integers(1, 8192, (1, 32), dtype=np.int64)
 STUB_MODELS = {
-    "python": ("echo", {"x": X}, 5.0),
-    "compiled": ("text_encoder_compiled", {"input_ids": IDS, "attention_mask": np.ones_like(IDS)}, 10.0),
+    "python": ("echo", {"x": X}),
+    "compiled": ("text_encoder_compiled", {"input_ids": IDS, "attention_mask": np.ones_like(IDS)}),
 }
 
 
@@ -73,7 +72,7 @@ def test_a_backend_process_killed_twice_in_a_row_costs_no_request_of_a_retrying_
     """kill -9 of the stub serving a model under load, then of its successor: the supervisor
     reloads the model each time, within seconds, and the client's retries carry every request over
     both gaps (Triton alone fails them for good). Each killed stub's shared memory goes with it."""
-    model, feed, longest_reload_s = STUB_MODELS[kind]
+    model, feed = STUB_MODELS[kind]
     if kind == "python":
         repo = build_entries(tmp_path, echo_model(dynamic_batching={"max_queue_delay_microseconds": 500}))
     else:
@@ -125,7 +124,8 @@ def test_a_backend_process_killed_twice_in_a_row_costs_no_request_of_a_retrying_
         # lock takes the server down with it (bench/faults.py saw 1 in ~16 kills under load).
         pytest.skip("tritonserver aborted: the killed stub held its queue's lock (a Triton 2.51 limitation)")
     assert [r.get("model") for r in server.reloads] == [model, model], server.reloads
-    assert all("error" not in r and float(r["seconds"]) < longest_reload_s for r in server.reloads), server.reloads  # type: ignore[arg-type]
+    # Serving again within 5 s each time, under load on 2 cores (issue 25's target).
+    assert all("error" not in r and float(r["seconds"]) < 5.0 for r in server.reloads), server.reloads  # type: ignore[arg-type]
     failures = [error for _, error in outcomes if error is not None]
     after = [[at for at, error in outcomes if at > kill and error is None] for kill in kills]
     print(
