@@ -123,10 +123,11 @@ test-durations: venv ## make test, recording each test's set-up, call and teardo
 coverage: venv ## make test under coverage.py: line coverage of the kit's packages
 	$(PY) -m tests.run --workers $(TEST_WORKERS) $(addprefix --cov=,$(COVERAGE_PACKAGES)) --cov-report=term:skip-covered $(PYTEST_ARGS)
 
-lint: venv ## ruff (lint + format check) and mypy
+lint: venv ## ruff (lint + format check), mypy, and the import contracts (lint-imports)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 format: venv ## apply ruff's fixes and formatting
 	$(PY) -m ruff check --fix .

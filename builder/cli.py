@@ -8,9 +8,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from builder.check import PlanTarget, check_repository
+from builder.checker import PlanTarget, check_repository
+from builder.checker.server_schema import DEFAULT_SERVER_VERSION
 from builder.errors import BuildError
-from builder.server_schema import DEFAULT_SERVER_VERSION
 from builder.targets import TARGETS, Target
 
 __all__ = ["main"]

@@ -19,18 +19,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from builder.calibration import load_calibration
-from builder.check import check_repository
+from builder.checker import check_repository
+from builder.checker.config import FORMATS
+from builder.checker.records import BUILD_RECORD, read_record
 from builder.errors import BuildError, RepositoryError
-from builder.export import export_onnx
-from builder.fingerprint import BUILD_RECORD, Fingerprint, fingerprint, read_record, sha256_file
+from builder.export.fingerprint import Fingerprint, fingerprint, sha256_file
+from builder.export.padding import has_convolutions, pad_batch
+from builder.export.source import instantiate
+from builder.export.to_onnx import export_onnx
+from builder.export.verify import VerificationReport, verify_onnx
 from builder.limits import input_limits
-from builder.padding import has_convolutions, pad_batch
 from builder.progress import heartbeat
 from builder.python_model import assemble_python_model
-from builder.render import FORMATS, label_filename, render_config
+from builder.render import label_filename, render_config
 from builder.repository import Workspace, link_tree, swap_into_place
-from builder.source import instantiate
 from builder.spec import (
     AnyModelSpec,
     EnsembleSpec,
@@ -43,8 +45,8 @@ from builder.spec import (
     versions_of,
 )
 from builder.targets import Target, detect_target
-from builder.variants import BaseVersion, Skipped, build_variant
-from builder.verify import VerificationReport, verify_onnx
+from builder.variants.build import BaseVersion, Skipped, build_variant
+from builder.variants.calibration import load_calibration
 from clients.limits import FILENAME as LIMITS_FILENAME
 
 __all__ = ["BUILD_RECORD", "BuildSummary", "VersionResult", "build_repository"]

@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 from builder.errors import SourceError
+from builder.export.source import instantiate_processor, locate_source
 from builder.render import render_python_model
-from builder.source import instantiate_processor, locate_source
 from builder.spec import PythonModelSpec
 from server.embedded import BATCHING_RUNTIME
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from google.protobuf import text_encoding, text_format
-from tritonclient.grpc import model_config_pb2
+from google.protobuf import text_encoding
 
+from builder.checker.config import FORMATS, parse_config
 from builder.dtypes import by_triton
 from builder.errors import RenderError
 from builder.spec import (
@@ -36,17 +35,13 @@ from builder.spec import (
 )
 from builder.spec.models import _Scheduled
 from builder.targets import Target
-from server.runtime.triton_kit_compiled import PACKAGE  # the runtime loads what the builder writes
 
 __all__ = [
     "CONFIG_TEMPLATE",
-    "FORMATS",
     "PYTHON_MODEL_TEMPLATE",
     "TEMPLATES_DIR",
-    "FormatInfo",
     "config_view",
     "label_filename",
-    "parse_config",
     "render_config",
     "render_python_model",
 ]
@@ -56,22 +51,6 @@ TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 CONFIG_TEMPLATE = "model_config.pbtxt.j2"
 PYTHON_MODEL_TEMPLATE = "python_model.py.j2"
 
-
-@dataclass(frozen=True)
-class FormatInfo:
-    """How one build format appears in the repository."""
-
-    platform: str
-    filename: str
-    backend: str = ""  # where no platform names the backend
-
-
-FORMATS = {
-    "onnx": FormatInfo(platform="onnxruntime_onnx", filename="model.onnx"),
-    "tensorrt": FormatInfo(platform="tensorrt_plan", filename="model.plan"),
-    # An AOTInductor package, served by the runtime the builder copies beside it as model.py.
-    "torch_compiled": FormatInfo(platform="", filename=PACKAGE, backend="python"),
-}
 
 _ENVIRONMENT = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
@@ -123,21 +102,6 @@ def render_python_model(model: PythonModelSpec, spec_file: str, files: dict[str,
     except SyntaxError as exc:
         raise RenderError(f"model {model.name!r}: the generated model.py is not valid Python: {exc}") from exc
     return text
-
-
-def parse_config(text: str, origin: str) -> model_config_pb2.ModelConfig:
-    """Parse config.pbtxt text with Triton's schema.
-
-    Raises:
-        RenderError: naming `origin` and the parser's line:column message.
-    """
-    try:
-        return text_format.Parse(text, model_config_pb2.ModelConfig())
-    except text_format.ParseError as exc:
-        raise RenderError(
-            f"{origin}: not a valid Triton model config: {exc}",
-            problems=[f"{number:3d} | {line}" for number, line in enumerate(text.splitlines(), start=1)],
-        ) from exc
 
 
 def label_filename(output: OutputSpec) -> str | None:

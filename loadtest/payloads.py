@@ -40,7 +40,7 @@ def spec_payload(spec_path: Path, model: str, batch: int, seed: int = 0) -> dict
     Raises:
         SpecError: the spec file is invalid.
     """
-    from builder.samples import Case, make_inputs  # the builder's own draw; torch-free
+    from builder.export.samples import Case, make_inputs  # the builder's own draw; torch-free
     from builder.spec import OnnxModelSpec, load_spec
 
     for entry in load_spec(spec_path).models:

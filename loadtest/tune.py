@@ -32,7 +32,8 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from builder.render import parse_config, render_config
+from builder.checker.config import parse_config
+from builder.render import render_config
 from builder.spec import OnnxModelSpec, load_spec
 from clients import ClientError, TritonClient
 from loadtest.openloop import run_open_loop

@@ -56,7 +56,7 @@ def built_once(name: str, spec: dict[str, Any] | Path) -> Path:
     later run (and by every pytest-xdist worker) while the spec, the kit's sources and the tools
     are unchanged: the builder's own per-version fingerprints do not see a change to the builder
     itself. Tests read it; those that change files copy it first."""
-    from builder.fingerprint import tool_versions  # imports onnxruntime: only for the tests that build
+    from builder.export.fingerprint import tool_versions  # imports onnxruntime: only for the tests that build
     from builder.pipeline import build_repository  # imports torch
 
     text = spec.read_text() if isinstance(spec, Path) else yaml.safe_dump(spec)

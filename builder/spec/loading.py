@@ -14,7 +14,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from builder.ensemble import Ensemble, Member, Step, TensorType, ensemble_problems
+from builder.checker.ensemble import Ensemble, Member, Step, TensorType, ensemble_problems
 from builder.errors import SpecError
 from builder.spec._base import is_source
 from builder.spec.models import (

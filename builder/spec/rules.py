@@ -1,7 +1,7 @@
 """Rules relating a model's fields to each other, checked once each field is valid on its own.
 
 Each rule yields one line naming the field, the value, the rule and the fix; the server
-enforces most of them at load time too (see builder.check for the repository side).
+enforces most of them at load time too (see builder.checker for the repository side).
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ class GpuOptions(Strict):
     pad_batch: bool | Literal["auto"] = Field(
         default="auto",
         description="on the gpu target, the exported graph pads every batch to max_batch_size with zero rows "
-        "and returns the request's rows (builder/padding.py), so ONNX Runtime's CUDA convolutions meet one "
+        "and returns the request's rows (builder/export/padding.py), so ONNX Runtime's CUDA convolutions meet one "
         "input shape: they plan again at every change of shape (measured on the H200: 55-406 ms per execution "
         "while the batcher formed varied sizes, ~1.5 ms padded). In the model file, so the embedded server "
         "and NGC's container run the same. 'auto' pads graphs with convolutions",

@@ -16,7 +16,7 @@ import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from builder.check import check_repository
+from builder.checker import check_repository
 from builder.pipeline import build_repository
 from clients import ModelNotReady, TritonClient
 from server import EmbeddedTriton

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from builder.check import check_repository
+from builder.checker import check_repository
 from clients import TritonClient
 from tests.integration.conftest import build_entries, make_server
 from tests.tiny_models import gru_tagger

@@ -17,12 +17,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from builder.export.source import instantiate
+from builder.export.verify import run_torch
 from builder.pipeline import build_repository
-from builder.quantize import run_onnx
-from builder.source import instantiate
 from builder.spec import OnnxModelSpec, load_spec
 from builder.targets import detect_target
-from builder.verify import run_torch
+from builder.variants.onnx_int8_fp16 import run_onnx
 from clients import TritonClient
 from server import EmbeddedTriton
 from tests.conftest import ROOT

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from builder.padding import pad_batch, padded_to
-from builder.quantize import run_onnx
+from builder.export.padding import pad_batch, padded_to
+from builder.variants.onnx_int8_fp16 import run_onnx
 from clients import TritonClient
 from tests.conftest import linear_model
 from tests.integration.conftest import build_entries, make_server

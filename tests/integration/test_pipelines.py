@@ -17,7 +17,7 @@ import torch
 from google.protobuf import text_format
 from PIL import Image
 
-from builder.render import parse_config
+from builder.checker.config import parse_config
 from clients import InvalidInput, TritonClient
 from models import image_classifier, text_encoder
 from models.image_pipeline import ClassifierPostprocess, ImagePreprocess

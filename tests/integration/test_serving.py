@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from builder.accuracy import compare, gate_failures
-from builder.batches import batched
-from builder.calibration import load_calibration
-from builder.quantize import run_onnx
+from builder.export.verify import run_torch
 from builder.spec import OnnxModelSpec, load_spec
-from builder.verify import run_torch
+from builder.variants.accuracy import compare, gate_failures
+from builder.variants.batches import batched
+from builder.variants.calibration import load_calibration
+from builder.variants.onnx_int8_fp16 import run_onnx
 from clients import InferenceFailed, InvalidInput, ModelNotReady, ServerUnavailable, TritonClient
 from models import image_classifier, text_encoder
 from server import EmbeddedTriton

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from builder.quantize import run_onnx
+from builder.variants.onnx_int8_fp16 import run_onnx
 from clients import TritonClient
 from tests.conftest import linear_model
 from tests.integration.conftest import build_entries, make_server

@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from builder.check import check_repository
+from builder.checker import check_repository
 
 
 def edit(repo: Path, name: str, change) -> None:

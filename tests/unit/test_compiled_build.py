@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from builder.check import PlanTarget, check_repository
+from builder.checker import PlanTarget, check_repository
 from builder.errors import BuildError, ConversionError, SpecError
 from builder.pipeline import build_repository
 from server.runtime.triton_kit_compiled import CompiledPackage
@@ -109,8 +109,8 @@ def test_a_package_from_another_torch_is_reported_and_refused(built: tuple[Path,
 def test_a_model_torch_export_cannot_capture_is_refused_naming_it(
     tmp_path: Path, write_spec: Callable[..., Path]
 ) -> None:
-    from builder.compiled import build_compiled
     from builder.spec import OnnxModelSpec, load_spec
+    from builder.variants.torch_compiled import build_compiled
 
     np.save(tmp_path / "calibration.npy", np.random.default_rng(0).normal(size=(24, 4)).astype(np.float32))
     entry = compiled()
@@ -205,8 +205,8 @@ def test_cuda_graphs_are_used_where_one_padded_shape_serves_every_batch(
     tmp_path: Path, write_spec: Callable[..., Path]
 ) -> None:
     np.save(tmp_path / "calibration.npy", np.zeros((24, 4), np.float32))
-    from builder.compiled import uses_cuda_graphs
     from builder.spec import OnnxModelSpec, load_spec
+    from builder.variants.torch_compiled import uses_cuda_graphs
 
     def decide(device: str, inputs: list[dict[str, Any]] | None = None, **options: Any) -> bool:
         entry = compiled(compile=options)

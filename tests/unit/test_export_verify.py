@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from builder.errors import ExportError, VerificationError
-from builder.export import export_onnx
-from builder.source import instantiate
+from builder.export.source import instantiate
+from builder.export.to_onnx import export_onnx
+from builder.export.verify import verify_onnx
 from builder.spec import OnnxModelSpec, load_spec
-from builder.verify import verify_onnx
 from tests.conftest import linear_model
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builder.check import check_repository
+from builder.checker import check_repository
 from builder.limits import input_limits
 from builder.spec import load_spec
 from clients import InvalidInput, ModelSignature

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from builder.check import check_repository
+from builder.checker import check_repository
 from builder.errors import BuildError, RepositoryError
 from builder.pipeline import build_repository
 from builder.repository import Workspace, swap_into_place

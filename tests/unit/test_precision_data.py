@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builder.accuracy import compare, gate_failures
-from builder.batches import batched, take
-from builder.calibration import load_calibration
+from builder.checker.profiles import ShapeProfile, profile_problems
 from builder.errors import CalibrationError
-from builder.profiles import CalibrationCache, ShapeProfile, calibration_batches, optimization_profile, profile_problems
 from builder.spec import Gate, load_spec
+from builder.variants.accuracy import compare, gate_failures
+from builder.variants.batches import batched, take
+from builder.variants.calibration import load_calibration
+from builder.variants.tensorrt_profiles import CalibrationCache, calibration_batches, optimization_profile
 from tests.conftest import ROOT, linear_model
 
 SEQUENCE = {

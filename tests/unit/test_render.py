@@ -10,8 +10,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from builder import render
+from builder.checker.config import parse_config
 from builder.errors import RenderError
-from builder.render import parse_config, render_config, render_python_model
+from builder.render import render_config, render_python_model
 from builder.spec import OnnxModelSpec, PythonModelSpec, load_spec
 from tests.conftest import ROOT, linear_model
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from builder.errors import SourceError
-from builder.source import instantiate
+from builder.export.source import instantiate
 from builder.spec import OnnxModelSpec, load_spec
 from tests import tiny_models
 from tests.conftest import linear_model

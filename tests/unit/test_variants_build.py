@@ -16,11 +16,11 @@ import onnx
 import pytest
 import torch
 
-from builder.check import PlanTarget, check_repository
+from builder.checker import PlanTarget, check_repository
 from builder.errors import BuildError, ConversionError
 from builder.pipeline import build_repository
-from builder.quantize import quantize_int8
 from builder.spec import QuantizationOptions
+from builder.variants.onnx_int8_fp16 import quantize_int8
 from tests.conftest import linear_model, snapshot
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -254,8 +254,8 @@ def test_check_reports_plans_without_a_record_or_beyond_their_profile(tmp_path: 
 def test_each_calibration_method_sets_its_own_ranges(tiny_repository: Path, tmp_path: Path) -> None:
     from onnx import numpy_helper
 
-    from builder.quantize import quantize_int8
     from builder.spec import QuantizationOptions
+    from builder.variants.onnx_int8_fp16 import quantize_int8
 
     # Heavy tails: minmax covers the outliers, entropy and percentile clip them.
     rng = np.random.default_rng(0)

@@ -4,7 +4,7 @@ Checks, in order, each collecting every problem before raising once:
 1. `onnx.checker` (full check) and strict shape inference;
 2. the graph's input/output names, dtypes, ranks and dims equal the spec (so the rendered
    config matches the model Triton loads), after an output dim the exporter pinned but ONNX
-   Runtime shows varying is made variable (builder/dims.py);
+   Runtime shows varying is made variable (builder/export/dims.py);
 3. PyTorch and ONNX Runtime agree on seeded inputs at batch 1, a middle size and
    max_batch_size, at the smallest and largest declared variable dims, within each output's
    atol/rtol, and every output's shape fits its declared dims at each of them.
@@ -24,10 +24,10 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from builder.dims import free_pinned_outputs
+from builder.checker.signature import check_signature
 from builder.errors import VerificationError
-from builder.samples import cases, make_inputs
-from builder.signature import check_signature
+from builder.export.dims import free_pinned_outputs
+from builder.export.samples import cases, make_inputs
 from builder.spec import InputSpec, OnnxModelSpec, OutputSpec
 
 __all__ = ["OutputAgreement", "VerificationReport", "run_torch", "verify_onnx"]

@@ -19,10 +19,22 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from builder.accuracy import OutputAccuracy, compare, gate_failures
-from builder.batches import Feed, batched
-from builder.calibration import CalibrationSet
-from builder.compiled import (
+from builder.checker.config import FORMATS
+from builder.checker.records import BUILD_RECORD, read_record
+from builder.errors import AccuracyError, ConversionError
+from builder.export.fingerprint import Fingerprint, sha256_file, tool_versions
+from builder.export.source import instantiate
+from builder.export.verify import run_torch
+from builder.repository import Workspace, link_tree
+from builder.spec import OnnxModelSpec, VariantSpec, VersionSpec
+from builder.targets import Target
+from builder.variants.accuracy import OutputAccuracy, compare, gate_failures
+from builder.variants.batches import Feed, batched
+from builder.variants.calibration import CalibrationSet
+from builder.variants.onnx_int8_fp16 import convert_fp16, onnx_device, quantize_int8, run_onnx
+from builder.variants.tensorrt_plan import Gpu, build_plan, installed_tensorrt, require_tensorrt, run_plan
+from builder.variants.tensorrt_profiles import CalibrationCache, optimization_profile
+from builder.variants.torch_compiled import (
     PACKAGE,
     PROGRAM,
     LoadCrashed,
@@ -32,17 +44,6 @@ from builder.compiled import (
     compiled_limits,
     install_runtime,
 )
-from builder.errors import AccuracyError, ConversionError
-from builder.fingerprint import BUILD_RECORD, Fingerprint, read_record, sha256_file, tool_versions
-from builder.plan import Gpu, build_plan, installed_tensorrt, require_tensorrt, run_plan
-from builder.profiles import CalibrationCache, optimization_profile
-from builder.quantize import convert_fp16, onnx_device, quantize_int8, run_onnx
-from builder.render import FORMATS
-from builder.repository import Workspace, link_tree
-from builder.source import instantiate
-from builder.spec import OnnxModelSpec, VariantSpec, VersionSpec
-from builder.targets import Target
-from builder.verify import run_torch
 
 __all__ = ["BaseVersion", "Skipped", "build_variant"]
 

@@ -1,6 +1,6 @@
 """Convert step for TensorRT variants: a plan from the verified ONNX file, through the real
 `tensorrt` Python API. Kept thin: shapes, calibration batches and caches are prepared by
-builder.profiles, which is tested without TensorRT; this module only talks to TensorRT.
+builder.variants.tensorrt_profiles, which is tested without TensorRT; this module only talks to TensorRT.
 
 Where TensorRT or a CUDA GPU is missing, `require_tensorrt` says so, with what to do.
 Device buffers are PyTorch CUDA tensors, so nothing beyond torch and tensorrt is needed.
@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from builder.batches import Feed
+from builder.checker.profiles import ShapeProfile
 from builder.errors import ConversionError
-from builder.profiles import CalibrationCache, ShapeProfile, calibration_batches
 from builder.spec import Precision, TensorRTOptions
+from builder.variants.batches import Feed
+from builder.variants.tensorrt_profiles import CalibrationCache, calibration_batches
 
 __all__ = ["Gpu", "build_plan", "installed_tensorrt", "require_tensorrt", "run_plan"]
 

@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from builder.samples import cases, make_inputs
+from builder.export.samples import cases, make_inputs
 from builder.spec import OnnxModelSpec
 
 __all__ = ["free_pinned_outputs"]

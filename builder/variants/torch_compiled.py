@@ -27,10 +27,10 @@ from numpy.typing import NDArray
 
 from builder.dtypes import by_triton
 from builder.errors import ConversionError
-from builder.export import dynamic_axes
+from builder.export.samples import cases, export_case, make_inputs
+from builder.export.source import instantiate
+from builder.export.to_onnx import dynamic_axes
 from builder.limits import input_limit
-from builder.samples import cases, export_case, make_inputs
-from builder.source import instantiate
 from builder.spec import OnnxModelSpec, VariantSpec, VersionSpec
 from builder.targets import Target
 from clients import limits as client_limits

@@ -1,43 +1,25 @@
-"""TensorRT optimization profiles from the spec, and the rules that keep a plan's config within
-them. Pure Python: everything here is tested without TensorRT.
+"""TensorRT optimization profiles from the spec, the calibration batches that fit them, and the
+calibration cache. Pure Python: everything here is tested without TensorRT.
 
-A plan accepts, per input, shapes between its profile's min and max; Triton refuses a config
-whose max_batch_size or dims go beyond them ("configuration specified max-batch 16 but
-TensorRT engine only supports max-batch 1"), so the profile is derived from the same spec
-fields the config is rendered from, and the repository check compares the two again.
+A plan accepts, per input, shapes between its profile's min and max, so the profile is derived
+from the same spec fields the config is rendered from; the checker compares the two again
+(builder.checker.profiles).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from builder.batches import Feed, batched, items_in
+from builder.checker.profiles import ShapeProfile
 from builder.spec import OnnxModelSpec
+from builder.variants.batches import Feed, batched, items_in
 
-__all__ = ["CalibrationCache", "ShapeProfile", "calibration_batches", "optimization_profile", "profile_problems"]
-
-
-@dataclass(frozen=True)
-class ShapeProfile:
-    """The shapes one input accepts, batch dimension included when the model batches."""
-
-    name: str
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    def record(self) -> dict[str, Any]:
-        return {"name": self.name, "min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> ShapeProfile:
-        return cls(record["name"], tuple(record["min"]), tuple(record["opt"]), tuple(record["max"]))
+__all__ = ["CalibrationCache", "calibration_batches", "optimization_profile"]
 
 
 def optimization_profile(model: OnnxModelSpec) -> tuple[ShapeProfile, ...]:
@@ -57,35 +39,6 @@ def optimization_profile(model: OnnxModelSpec) -> tuple[ShapeProfile, ...]:
         lo, op, hi = (tuple(b) for b in batch) if batch else ((), (), ())
         profiles.append(ShapeProfile(tensor.name, lo + tuple(low), op + tuple(opt), hi + tuple(high)))
     return tuple(profiles)
-
-
-def profile_problems(
-    max_batch_size: int, dims: Mapping[str, Sequence[int]], profiles: Iterable[ShapeProfile]
-) -> Iterator[str]:
-    """Where a config (max_batch_size, dims per input) asks for shapes the profiles do not accept."""
-    by_name = {p.name: p for p in profiles}
-    for name in sorted(set(dims) - set(by_name)):
-        yield f"input {name!r} has no optimization profile; the plan's inputs are {sorted(by_name)}"
-    for name, profile in sorted(by_name.items()):
-        if name not in dims:
-            yield f"the plan's input {name!r} is not in the config; add it with dims {list(profile.max[1 if max_batch_size else 0 :])}"
-            continue
-        shape = list(dims[name])
-        low, high = list(profile.min), list(profile.max)
-        if max_batch_size:
-            if high[0] < max_batch_size:
-                yield f"input {name!r}: max_batch_size {max_batch_size} exceeds the plan's largest batch {high[0]}; set max_batch_size <= {high[0]} or rebuild the plan"
-            if low[0] > 1:
-                yield f"input {name!r}: the plan's smallest batch is {low[0]}; Triton sends batches from 1: rebuild with a profile from batch 1"
-            low, high = low[1:], high[1:]
-        if len(shape) != len(low):
-            yield f"input {name!r}: dims {shape} have {len(shape)} dimensions; the plan's profile has {len(low)}"
-            continue
-        for axis, (dim, lo, hi) in enumerate(zip(shape, low, high, strict=True)):
-            if dim != -1 and not lo <= dim <= hi:
-                yield f"input {name!r}: dims[{axis}] = {dim} is outside the plan's profile [{lo}, {hi}]"
-            if dim == -1 and lo == hi:
-                yield f"input {name!r}: dims[{axis}] is -1 but the plan only accepts {lo}; set dims[{axis}] = {lo}"
 
 
 def calibration_batches(feeds: Iterable[Feed], profiles: Sequence[ShapeProfile], batch_size: int) -> Iterator[Feed]:

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from builder.batches import Feed, batched, items_in, take
 from builder.dtypes import by_triton
 from builder.errors import CalibrationError, SourceError
-from builder.source import instantiate_processor, resolve
+from builder.export.source import instantiate_processor, resolve
 from builder.spec import CalibrationSpec, OnnxModelSpec, PythonModelSpec, Spec
+from builder.variants.batches import Feed, batched, items_in, take
 
 __all__ = ["IMAGE_SUFFIXES", "CalibrationSet", "load_calibration"]
 

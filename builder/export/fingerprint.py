@@ -17,12 +17,10 @@ from typing import Any
 import onnxruntime as ort
 
 import builder
-from builder.source import source_files
+from builder.export.source import source_files
 from builder.spec import OnnxModelSpec, VersionSpec
 
-__all__ = ["BUILD_RECORD", "Fingerprint", "fingerprint", "read_record", "sha256_file", "tool_versions"]
-
-BUILD_RECORD = "build.json"
+__all__ = ["Fingerprint", "fingerprint", "sha256_file", "tool_versions"]
 
 # What shapes the exported file; paths (labels) are left out so a clone elsewhere reuses builds.
 _EXPORT_FIELDS: dict[str, Any] = {
@@ -46,7 +44,7 @@ class Fingerprint:
 
 def fingerprint(model: OnnxModelSpec, version: VersionSpec, root: Path, pad_batch: bool | str = False) -> Fingerprint:
     """Hash the source files, weights, export-relevant spec fields, tool versions and whether the
-    graph pads its batch (`gpu.pad_batch` on the gpu target, builder/padding.py)."""
+    graph pads its batch (`gpu.pad_batch` on the gpu target, builder/export/padding.py)."""
     weights = model.weights_for(version)
     inputs = {
         "pad_batch": pad_batch,
@@ -68,15 +66,6 @@ def tool_versions() -> dict[str, str]:
     versions["builder"] = builder.__version__
     versions["python"] = platform.python_version()
     return versions
-
-
-def read_record(version_dir: Path) -> dict[str, Any]:
-    """A version directory's build record, or {} when it has none or it cannot be read."""
-    try:
-        record = json.loads((version_dir / BUILD_RECORD).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
 
 
 def sha256_file(path: Path) -> str:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.export import Dim
 
 from builder.errors import ExportError
-from builder.samples import export_case, make_inputs
+from builder.export.samples import export_case, make_inputs
 from builder.spec import OnnxModelSpec
 
 __all__ = ["dynamic_axes", "export_onnx"]

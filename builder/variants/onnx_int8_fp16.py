@@ -17,9 +17,9 @@ import onnx
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from builder.batches import Feed
 from builder.errors import ConversionError
 from builder.spec import QuantizationOptions
+from builder.variants.batches import Feed
 
 __all__ = ["convert_fp16", "onnx_device", "quantize_int8", "run_onnx"]
 
