@@ -17,21 +17,18 @@ Results go to bench/results/checker_conformance.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from builder.check import check_repository  # noqa: E402
+from bench.harness import ROOT, arguments, header, write
+from builder.checker import check_repository
 
 AUTOFILL_PLATFORMS = {"onnx", "tensorrt", "python", "pytorch", "ensemble"}
 NOAUTOFILL_TRIALS = ("tensorrt_plan", "onnxruntime_onnx", "pytorch_libtorch")
@@ -69,7 +66,7 @@ class Tally:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, repo=False)
     parser.add_argument("fixtures", type=Path, help="the qa/L0_model_config folder of Triton's server repository")
     parser.add_argument("--show", choices=["none", "misses", "alarms", "all"], default="none")
     args = parser.parse_args()
@@ -103,8 +100,7 @@ def main() -> int:
                 )
     _print(tallies, args.show)
     record = {
-        "benchmark": "checker_conformance",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        **header("checker_conformance"),
         "fixtures": str(args.fixtures),
         "groups": {
             key: {k: v for k, v in tally.__dict__.items() if k != "details"} for key, tally in sorted(tallies.items())
@@ -112,8 +108,7 @@ def main() -> int:
         "totals": _totals(tallies),
         "not_agreeing": [d for tally in tallies.values() for d in tally.details],
     }
-    out = ROOT / "bench" / "results" / "checker_conformance.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    out = write(record)
     print(f"written to {out.relative_to(ROOT)}")
     return 0
 

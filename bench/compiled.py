@@ -20,10 +20,7 @@ are the build's (its build.json). Results go to bench/results/compiled-<target>.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -32,16 +29,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnxruntime as ort
 import torch
 from numpy.typing import NDArray
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.gpu import breakdown, drive, embedded, payload, run_bound, session, statistics_of  # noqa: E402
-from server.runtime.triton_kit_compiled import CompiledPackage  # noqa: E402
+from bench.harness import (
+    RESULTS,
+    ROOT,
+    arguments,
+    breakdown,
+    drive,
+    embedded,
+    header,
+    machine,
+    payload,
+    run_bound,
+    session,
+    statistics_of,
+    usable_cores,
+    versions,
+    write,
+)
+from server.runtime.triton_kit_compiled import CompiledPackage
 
 Feed = dict[str, NDArray[Any]]
 
@@ -86,7 +97,7 @@ def engine(repo: Path, model: str, runs_as: str, target: str) -> Callable[[Feed]
 
 def eager(model: str, target: str) -> Callable[[Feed], Any]:
     """The PyTorch module itself, uncompiled, in the compiled variant's precision: what compiling buys."""
-    from builder.source import instantiate
+    from builder.export.source import instantiate
     from builder.spec import OnnxModelSpec, load_spec
 
     spec = load_spec(ROOT / "models.yaml").model(model)
@@ -180,7 +191,7 @@ def served(repo: Path, target: str, seconds: float, processes: int) -> dict[str,
     for compared in ENGINES[target].values():
         for _, model, _ in compared:
             shutil.copytree(repo / model, scratch / model)
-    log = ROOT / "bench" / "results" / f"compiled-{target}.server.log"
+    log = RESULTS / f"compiled-{target}.server.log"
     log.unlink(missing_ok=True)
     server = embedded(scratch, log)
     started = time.perf_counter()
@@ -217,12 +228,11 @@ def served(repo: Path, target: str, seconds: float, processes: int) -> dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repo", type=Path, default=ROOT / "model_repository")
+    parser = arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=10, help="calls per round and batch size")
     parser.add_argument("--seconds", type=float, default=5.0, help="per served load point")
-    parser.add_argument("--processes", type=int, default=max(1, len(os.sched_getaffinity(0)) // 2))
+    parser.add_argument("--processes", type=int, default=max(1, usable_cores() // 2))
     args = parser.parse_args()
     target = "gpu" if "KIND_GPU" in (args.repo / "image_classifier" / "config.pbtxt").read_text() else "cpu"
     missing = [m for family in ENGINES[target].values() for _, m, _ in family if not (args.repo / m / "1").is_dir()]
@@ -232,12 +242,11 @@ def main() -> None:
         ort.preload_dlls()
     torch.set_num_threads(2)  # as the served configs bound each instance (intra_op_thread_count)
     record: dict[str, Any] = {
-        "benchmark": "compiled",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        **header("compiled"),
         "target": target,
-        "machine": f"{platform.machine()}, cores: {len(os.sched_getaffinity(0))}",
+        "machine": machine(),
         "gpu": torch.cuda.get_device_name() if target == "gpu" else None,
-        "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__},
+        "versions": versions("torch", "onnxruntime", "numpy"),
         "builds": {
             m: json.loads((args.repo / m / "1" / "build.json").read_text())["compiled"]
             for family in ENGINES[target].values()
@@ -251,8 +260,7 @@ def main() -> None:
     if target == "gpu":
         record["where_time_goes"] = {family: where_time_goes(args.repo, family) for family in ENGINES[target]}
     record["served_grpc_batch_1"] = served(args.repo, target, args.seconds, args.processes)
-    out = ROOT / "bench" / "results" / f"compiled-{target}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write(record, RESULTS / f"compiled-{target}.json")
     print(json.dumps({k: v for k, v in record.items() if k != "builds"}, indent=2))
 
 

@@ -26,11 +26,9 @@ Results go to bench/results/faults.json.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -46,15 +44,12 @@ import numpy as np
 import psutil
 from numpy.typing import NDArray
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.gpu import embedded  # noqa: E402
-from bench.overload import feed_for  # noqa: E402
-from clients import ClientError, ServerUnavailable, TritonClient  # noqa: E402
-from server.embedded import EmbeddedTriton  # noqa: E402
-from server.supervisor import is_ready, stub_processes  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from bench.harness import BACKENDS, RESULTS, ROOT, arguments, embedded, feed_for, header, machine, write
+from clients import ClientError, ServerUnavailable, TritonClient
+from server.embedded import EmbeddedTriton, free_port
+from server.supervisor import is_ready, stub_processes
 
 # Drained under load: an ONNX model alone, and a pipeline (an ensemble of three steps).
 DRAINED = ("text_encoder", "text_embedding")
@@ -216,7 +211,7 @@ def drain(repo: Path, clients: int, scratch: Path, model: str) -> dict[str, Any]
                 "--repo",
                 str(repo),
                 "--backend-dir",
-                str(ROOT / ".triton" / "bench-backends"),
+                str(BACKENDS),
             ]
             + [f"--{name}-port={port}" for name, port in ports.items()],
             cwd=ROOT,
@@ -260,21 +255,19 @@ def drain(repo: Path, clients: int, scratch: Path, model: str) -> dict[str, Any]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repo", type=Path, default=ROOT / "model_repository")
+    parser = arguments(__doc__)
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients during the stub kills")
     parser.add_argument("--drain-clients", type=int, default=128, help="closed-loop clients during the drain")
     parser.add_argument("--bursts", type=int, default=6, help="image bursts of the memory series (0: none)")
     parser.add_argument("--burst-s", type=float, default=5.0, help="seconds of one image burst")
     parser.add_argument("--repeat-kills", type=int, default=6, help="tokenizer kills of the memory series")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "faults.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "faults.json")
     args = parser.parse_args()
     scratch = ROOT / ".triton" / "bench-faults"
     scratch.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
-        "benchmark": "faults",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, cores: {len(os.sched_getaffinity(0))}",
+        **header("faults"),
+        "machine": machine(),
         "command": " ".join(["bench/faults.py", *sys.argv[1:]]),
     }
     record["stub_kills"] = stub_kills(args.repo, args.clients, scratch)
@@ -282,8 +275,7 @@ def main() -> None:
     if args.bursts or args.repeat_kills:
         record["memory"] = memory_series(args.repo, scratch, args.bursts, args.burst_s, args.repeat_kills)
     print(json.dumps(record, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write(record, args.out)
 
 
 if __name__ == "__main__":

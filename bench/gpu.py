@@ -24,18 +24,13 @@ Results go to bench/results/gpu.json with the device, driver and stack versions.
 
 from __future__ import annotations
 
-import argparse
 import json
-import multiprocessing
 import os
-import platform
 import re
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,138 +39,34 @@ import numpy as np
 import onnxruntime as ort
 import torch  # also loads the CUDA and cuDNN libraries onnxruntime-gpu's CUDA provider links against
 import tritonclient.grpc as grpcclient
-import tritonclient.utils.shared_memory as shm
 from numpy.typing import NDArray
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server import EmbeddedTriton  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from bench.harness import (
+    RESULTS,
+    ROOT,
+    arguments,
+    breakdown,
+    drive,
+    embedded,
+    header,
+    machine,
+    payload,
+    run_bound,
+    session,
+    statistics_of,
+    usable_cores,
+    versions,
+    write,
+)
+from server import EmbeddedTriton
 
 CONCURRENCY = (16, 64, 256)
 MODELS = ("image_classifier", "text_encoder")
-SEQUENCE = 32
 
 
-def payload(model: str, batch: int, seed: int = 0) -> dict[str, NDArray[Any]]:
-    rng = np.random.default_rng(seed)
-    if model.startswith("image_classifier"):
-        return {"image": rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)}
-    return {
-        "input_ids": rng.integers(0, 8192, (batch, SEQUENCE), dtype=np.int64),
-        "attention_mask": np.ones((batch, SEQUENCE), dtype=np.int64),
-    }
-
-
-# --- the load generator: processes of threads, each thread one closed-loop client -------------
-
-
-def _client_process(url: str, model: str, threads: int, seconds: float, use_shm: bool, out: Any) -> None:
-    counts = [0] * threads
-    errors = [0] * threads
-    deadline = [0.0]
-    ready = threading.Barrier(threads + 1)
-
-    def worker(index: int) -> None:
-        client = grpcclient.InferenceServerClient(url)
-        feed = payload(model, 1, seed=index)
-        inputs, region = [], None
-        for name, array in feed.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT64")
-            inputs.append(tensor)
-        if use_shm:  # one region per client, registered once: requests carry its name, not bytes
-            name = f"bench_{os.getpid()}_{index}"
-            nbytes = sum(a.nbytes for a in feed.values())
-            region = shm.create_shared_memory_region(name, f"/{name}", nbytes)
-            shm.set_shared_memory_region(region, list(feed.values()))
-            client.register_system_shared_memory(name, f"/{name}", nbytes)
-            offset = 0
-            for tensor, array in zip(inputs, feed.values(), strict=True):
-                tensor.set_shared_memory(name, array.nbytes, offset)
-                offset += array.nbytes
-        else:
-            for tensor, array in zip(inputs, feed.values(), strict=True):
-                tensor.set_data_from_numpy(array)
-        ready.wait(timeout=300)
-        while time.perf_counter() < deadline[0]:
-            try:
-                client.infer(model, inputs)
-                counts[index] += 1
-            except Exception:
-                errors[index] += 1
-        if region is not None:
-            client.unregister_system_shared_memory(f"bench_{os.getpid()}_{index}")
-            shm.destroy_shared_memory_region(region)
-        client.close()
-
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    deadline[0] = time.perf_counter() + 1e9
-    ready.wait(timeout=300)
-    started = time.perf_counter()
-    cpu_started = resource.getrusage(resource.RUSAGE_SELF)
-    deadline[0] = started + seconds
-    for thread in pool:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    cpu = resource.getrusage(resource.RUSAGE_SELF)
-    busy = (cpu.ru_utime - cpu_started.ru_utime) + (cpu.ru_stime - cpu_started.ru_stime)
-    out.put({"requests": sum(counts), "errors": sum(errors), "seconds": elapsed, "cpu_seconds": busy})
-
-
-def drive(url: str, model: str, concurrency: int, seconds: float, use_shm: bool, processes: int) -> dict[str, Any]:
-    """Closed-loop batch-1 requests from `processes` processes sharing `concurrency` clients."""
-    context = multiprocessing.get_context("spawn")
-    out = context.Queue()
-    shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
-    workers = [
-        context.Process(target=_client_process, args=(url, model, share, seconds, use_shm, out))
-        for share in shares
-        if share
-    ]
-    for worker in workers:
-        worker.start()
-    results = [out.get(timeout=seconds + 120) for _ in workers]
-    for worker in workers:
-        worker.join()
-    elapsed = max(r["seconds"] for r in results)
-    return {
-        "requests_per_s": round(sum(r["requests"] for r in results) / elapsed, 1),
-        "errors": sum(r["errors"] for r in results),
-        "client_processes": len(workers),
-        "generator_cpu_cores": round(sum(r["cpu_seconds"] for r in results) / elapsed, 2),
-    }
-
-
-# --- what the server and the GPU say ------------------------------------------------------------
-
-
-def statistics_of(client: Any, model: str) -> dict[str, Any]:
-    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-    return {
-        "inferences": int(stats.get("inference_count", 0)),
-        "executions": int(stats.get("execution_count", 0)),
-        **{
-            part: (
-                int(stats["inference_stats"][part].get("count", 0)),
-                int(stats["inference_stats"][part].get("ns", 0)),
-            )
-            for part in ("queue", "compute_input", "compute_infer", "compute_output")
-        },
-    }
-
-
-def breakdown(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """Average batch formed and per-request microseconds in each server step, between two reads."""
-    executions = after["executions"] - before["executions"]
-    inferences = after["inferences"] - before["inferences"]
-    figures: dict[str, Any] = {"average_batch": round(inferences / executions, 2) if executions else 0.0}
-    for part in ("queue", "compute_input", "compute_infer", "compute_output"):
-        count = after[part][0] - before[part][0]
-        figures[f"{part}_us"] = round((after[part][1] - before[part][1]) / count / 1000, 1) if count else 0.0
-    return figures
+# --- what the GPU says ------------------------------------------------------------------------
 
 
 class GpuSampler:
@@ -283,34 +174,6 @@ def _flag_collapse(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --- in-process ONNX Runtime ---------------------------------------------------------------------
 
 
-# cudnn_conv_algo_search as Triton's onnxruntime backend numbers it (src/onnxruntime.cc), EXHAUSTIVE by default.
-CONV_ALGO_SEARCH = {"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"}
-
-
-def session(repo: Path, model: str, provider: str, threads: int | None = None, **cuda: str) -> ort.InferenceSession:
-    """A session with the threads and CUDA options Triton's onnxruntime backend reads from the
-    model's config (its `parameters`), and its CUDA provider defaults."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    config = text_format.Parse((repo / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-    parameters = {key: value.string_value for key, value in config.parameters.items()}
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads or int(parameters.get("intra_op_thread_count", 0))
-    options.inter_op_num_threads = int(parameters.get("inter_op_thread_count", 0))
-    providers: list[Any] = ["CPUExecutionProvider"]
-    if provider == "cuda":
-        options_cuda = {
-            "device_id": "0",
-            "cudnn_conv_algo_search": CONV_ALGO_SEARCH[parameters.get("cudnn_conv_algo_search", "0")],
-            "do_copy_in_default_stream": "1",
-            **cuda,
-        }
-        providers.insert(0, ("CUDAExecutionProvider", options_cuda))
-    return ort.InferenceSession(str(repo / model / "1" / "model.onnx"), options, providers=providers)
-
-
 def data_path(repo: Path) -> dict[str, Any]:
     """Where a GPU instance's time goes before the GPU: the same call with the input in heap,
     in POSIX shared memory (as Triton's Python backend hands it over) or in pinned memory, and
@@ -340,17 +203,6 @@ def data_path(repo: Path) -> dict[str, Any]:
     return results
 
 
-def run_bound(sess: ort.InferenceSession, feed: dict[str, NDArray[Any]]) -> None:
-    """One call as the backend makes it: inputs from host memory, outputs back to host memory."""
-    binding = sess.io_binding()
-    for name, array in feed.items():
-        binding.bind_cpu_input(name, array)
-    for output in sess.get_outputs():
-        binding.bind_output(output.name, "cpu")
-    sess.run_with_iobinding(binding)
-    binding.copy_outputs_to_cpu()
-
-
 def rate(sess: ort.InferenceSession, feed: dict[str, NDArray[Any]], seconds: float, bound: bool) -> float:
     """Items per second of back-to-back calls at the feed's batch size."""
     call = (lambda: run_bound(sess, feed)) if bound else (lambda: sess.run(None, feed))
@@ -374,18 +226,6 @@ def first_calls(repo: Path, model: str, max_batch: int, search: str) -> list[dic
         steady = rate(sess, feed, 0.3, bound=True)
         rows.append({"batch": size, "first_call_ms": round(first * 1000, 2), "steady_items_per_s": round(steady, 1)})
     return rows
-
-
-def embedded(repo: Path, log: Path) -> EmbeddedTriton:
-    """A server for `repo` on free ports, logging to `log`."""
-    return EmbeddedTriton(
-        repo,
-        ROOT / ".triton" / "bench-backends",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_file=log,
-    )
 
 
 def with_instances(repo: Path, scratch: Path, count: int) -> Path:
@@ -425,28 +265,21 @@ def environment() -> dict[str, Any]:
     smi = subprocess.run(
         ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True, check=False
     )
-    versions = {"python": platform.python_version(), "onnxruntime": ort.__version__, "numpy": np.__version__}
-    for package in ("torch", "onnx", "tritonclient"):
-        try:
-            versions[package] = __import__(package).__version__
-        except (ImportError, AttributeError):
-            versions[package] = None
     return {
         "gpu": smi.stdout.strip(),
-        "cpu_cores": len(os.sched_getaffinity(0)),
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "cpu_cores": usable_cores(),
+        "machine": machine(processor=True, cores=False),
         "triton": "2.51.0 (embedded, nvidia-pytriton 0.7.0)",
-        "versions": versions,
+        "versions": versions("python", "onnxruntime", "numpy", "torch", "onnx", "tritonclient"),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repo", type=Path, default=ROOT / "model_repository")
+    parser = arguments(__doc__)
     parser.add_argument("--seconds", type=float, default=8.0, help="per served load point")
     parser.add_argument("--rounds", type=int, default=3, help="of each served load point; the median is kept")
-    parser.add_argument("--processes", type=int, default=max(2, len(os.sched_getaffinity(0)) // 2))
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu.json")
+    parser.add_argument("--processes", type=int, default=max(2, usable_cores() // 2))
+    parser.add_argument("--out", type=Path, default=RESULTS / "gpu.json")
     parser.add_argument(
         "--instances",
         type=lambda text: [int(n) for n in text.split(",")],
@@ -461,7 +294,7 @@ def main() -> None:
         sys.exit(f"error: {args.repo} was built for the cpu target; run `make build-repo` on the GPU host")
     ort.preload_dlls()
     max_batch = {"image_classifier": 16, "text_encoder": 32}
-    record: dict[str, Any] = {"benchmark": "gpu", "date": time.strftime("%Y-%m-%d %H:%M"), **environment()}
+    record: dict[str, Any] = {**header("gpu"), **environment()}
     print(json.dumps(record, indent=2), flush=True)
 
     record["in_process_data_path_images_per_s"] = data_path(args.repo)
@@ -490,7 +323,7 @@ def main() -> None:
     in_process: dict[str, Any] = {}
     for model in MODELS:
         cuda = session(args.repo, model, "cuda")
-        cpu = session(args.repo, model, "cpu", threads=len(os.sched_getaffinity(0)))
+        cpu = session(args.repo, model, "cpu", threads=usable_cores())
         matched: dict[str, Any] = {}
         for label, models in record["served"].items():
             for mode, points in models.get(model, {}).items():
@@ -516,8 +349,7 @@ def main() -> None:
         search: first_calls(args.repo, "image_classifier", 16, search) for search in ("EXHAUSTIVE", "HEURISTIC")
     }
     record["in_process"] = in_process
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write(record, args.out)
     print(json.dumps(record, indent=2))
 
 

@@ -9,14 +9,12 @@ send. Results go to bench/results/loadgen.json; quote them as ratios (the machin
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
-import threading
-import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,36 +23,27 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from builder.pipeline import build_repository  # noqa: E402
-from server import EmbeddedTriton  # noqa: E402
-from tests.conftest import free_port, linear_model  # noqa: E402
+from bench.harness import ROOT, arguments, embedded, header, machine, thread_loop, write
+from builder.pipeline import build_repository
+from tests.conftest import linear_model
 
 
 def plain_loop(protocol: str, url: str, seconds: float, threads: int) -> float:
     """Requests/s of `threads` threads each calling tritonclient synchronously in a loop."""
     data = np.ones((1, 4), dtype=np.float32)
-    counts = [0] * threads
 
-    def worker(index: int) -> None:
+    @contextmanager
+    def caller() -> Iterator[Callable[[], object]]:
         module: Any = grpcclient if protocol == "grpc" else httpclient
         client = module.InferenceServerClient(url)
         tensor = module.InferInput("x", [1, 4], "FP32")
         tensor.set_data_from_numpy(data)
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            client.infer("linear", [tensor])
-            counts[index] += 1
+        yield lambda: client.infer("linear", [tensor])
         client.close()
 
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    return sum(counts) / seconds
+    return thread_loop(caller, threads, seconds)
 
 
 def locust_run(protocol: str, url: str, seconds: float, users: int, report: Path) -> dict[str, Any]:
@@ -73,7 +62,7 @@ def locust_run(protocol: str, url: str, seconds: float, users: int, report: Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = arguments(__doc__, repo=False)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--users", type=int, default=16)
     args = parser.parse_args()
@@ -83,14 +72,7 @@ def main() -> None:
             yaml.safe_dump({"models": [linear_model(dynamic_batching={"max_queue_delay_microseconds": 0})]})
         )
         build_repository(root / "models.yaml", root / "repo", target="cpu", log=lambda _: None)
-        server = EmbeddedTriton(
-            root / "repo",
-            root / "backends",
-            http_port=free_port(),
-            grpc_port=free_port(),
-            metrics_port=free_port(),
-            log_file=root / "log",
-        )
+        server = embedded(root / "repo", root / "log", root / "backends")
         server.start()
         try:
             results: dict[str, dict[str, Any]] = {
@@ -112,16 +94,14 @@ def main() -> None:
         figures["ratio_locust_to_plain_1_thread"] = round(locust / figures["plain_loop_1_thread"], 2)
         figures["ratio_locust_to_plain_threads"] = round(locust / figures[f"plain_loop_{args.users}_threads"], 2)
     record = {
-        "benchmark": "loadgen",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, cores: {len(__import__('os').sched_getaffinity(0))}",
+        **header("loadgen"),
+        "machine": machine(processor=True),
         "model": "linear (tiny), embedded Triton 2.51 on the same machine",
         "seconds": args.seconds,
         "users": args.users,
         "results": results,
     }
-    out = ROOT / "bench" / "results" / "loadgen.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write(record)
     print(json.dumps(record, indent=2))
 
 

@@ -44,14 +44,13 @@ from typing import Any
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import server.embedded as embedded  # noqa: E402
-from bench.vs_perf_analyzer import PERF_ANALYZER_VERSION, Unavailable, perf_analyzer, run_kit, run_perf_analyzer  # noqa: E402
-from builder.render import parse_config  # noqa: E402
-from clients import TritonClient  # noqa: E402
-from loadtest.payloads import perf_analyzer_data, spec_payload  # noqa: E402
+from bench.generators import PERF_ANALYZER_VERSION, Unavailable, perf_analyzer, run_kit, run_perf_analyzer
+from bench.harness import RESULTS, ROOT, arguments, embedded, header, usable_cores, versions, write
+from builder.checker.config import parse_config
+from clients import TritonClient
+from loadtest.payloads import perf_analyzer_data, spec_payload
 
 CONCURRENCY = {"image_classifier": 4, "text_encoder": 8}
 DEFAULT_LABEL = "default"
@@ -113,16 +112,7 @@ def describe(backend_dir: Path) -> str:
 def serving(repo: Path, backend_dir: Path, assemble: bool, log: Path, models: list[str]) -> Iterator[str]:
     """The gRPC address of an embedded server of `repo` on free ports with `models` loaded; with
     `assemble` False, `backend_dir` is served as it was assembled elsewhere."""
-    server = embedded.EmbeddedTriton(
-        repository=repo,
-        backend_dir=backend_dir,
-        model_control_mode="explicit",
-        http_port=embedded.free_port(),
-        grpc_port=embedded.free_port(),
-        metrics_port=embedded.free_port(),
-        log_file=log,
-        assemble_backends=assemble,
-    )
+    server = embedded(repo, log, backend_dir, model_control_mode="explicit", assemble_backends=assemble)
     server.start(timeout_s=180)
     try:
         with TritonClient(server.grpc_url, timeout_s=120) as client:
@@ -225,15 +215,14 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repo", type=Path, default=ROOT / "model_repository")
+    parser = arguments(__doc__)
     parser.add_argument("--models", nargs="+", choices=sorted(CONCURRENCY), default=sorted(CONCURRENCY))
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement (perf_analyzer: per window)")
     parser.add_argument("--rounds", type=int, default=3, help="served and in-process measurements, in turns")
     parser.add_argument("--generator", choices=["auto", "perf_analyzer", "kit"], default="auto")
     parser.add_argument("--compare-backend-dir", type=Path, help="a second backends folder, served as assembled")
     parser.add_argument("--compare-label", default="compare", help="its name in the results")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "onnxruntime_backend.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "onnxruntime_backend.json")
     args = parser.parse_args()
     for model in args.models:
         if not (args.repo / model / "1" / "model.onnx").is_file():
@@ -270,15 +259,13 @@ def main() -> int:
                         {"served": served, "in_process": {"batch": batch, "samples_per_s": rate}, "ratio": ratio}
                     )
     record = {
-        "benchmark": "onnxruntime_backend",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        **header("onnxruntime_backend"),
         "machine": {
             "platform": platform.platform(),
             "machine": platform.machine(),
             "cpu_count": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(),
-            "onnxruntime": ort.__version__,
+            "usable_cores": usable_cores(),
+            **versions("python", "onnxruntime"),
         },
         "server": "embedded Triton 2.51 (nvidia-pytriton), gRPC, batch-1 requests",
         "generator": generator.name,
@@ -296,8 +283,7 @@ def main() -> int:
             for model, per_backend in results.items()
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write(record, args.out)
     _print(record, list(backends))
     print(f"recorded in {args.out}")
     return 0

@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
-import re
 import shutil
 import statistics
 import sys
@@ -34,26 +32,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 from numpy.typing import NDArray
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.gpu import embedded  # noqa: E402
-from clients import AsyncTritonClient, ClientError, InferenceTimeout, ServerUnavailable  # noqa: E402
-
-QUEUE_POLICY = re.compile(r"^\s*default_queue_policy \{.*\}\n", re.MULTILINE)
-
-
-def feed_for(model: str) -> dict[str, NDArray[Any]]:
-    if model == "image_classification":
-        image = (ROOT / "models/calibration/images/scene_0000.jpg").read_bytes()
-        return {"image_bytes": np.array([[image]], dtype=object)}
-    if model == "text_embedding":
-        return {"text": np.array([[b"a short sentence to embed, of typical length"]], dtype=object)}
-    raise SystemExit(f"error: --model {model!r}: use image_classification or text_embedding")
+from bench.harness import QUEUE_POLICY, RESULTS, ROOT, arguments, embedded, feed_for, header, machine, write
+from clients import AsyncTritonClient, ClientError, InferenceTimeout, ServerUnavailable
 
 
 def unbounded_copy(repo: Path, scratch: Path) -> Path:
@@ -151,7 +136,7 @@ async def open_loop(
 
 
 def run(repo: Path, label: str, args: argparse.Namespace, feed: dict[str, NDArray[Any]]) -> dict[str, Any]:
-    log = ROOT / "bench" / "results" / f"overload-{label}.server.log"
+    log = RESULTS / f"overload-{label}.server.log"
     log.unlink(missing_ok=True)
     server = embedded(repo, log)
     server.start(timeout_s=600)
@@ -183,8 +168,7 @@ def run(repo: Path, label: str, args: argparse.Namespace, feed: dict[str, NDArra
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repo", type=Path, default=ROOT / "model_repository")
+    parser = arguments(__doc__)
     parser.add_argument("--model", default="image_classification")
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients that find the sustained rate")
     parser.add_argument("--warm-seconds", type=float, default=5.0)
@@ -198,18 +182,15 @@ def main() -> None:
     scratch = ROOT / ".triton" / "bench-overload"
     shutil.rmtree(scratch, ignore_errors=True)
     record: dict[str, Any] = {
-        "benchmark": "overload",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, cores: {len(os.sched_getaffinity(0))}",
+        **header("overload"),
+        "machine": machine(),
         "model": args.model,
         "times_sustained": args.times,
         "seconds": args.seconds,
         "bounded_as_built": run(args.repo, "bounded", args, feed),
         "unbounded_triton_default": run(unbounded_copy(args.repo, scratch / "repo"), "unbounded", args, feed),
     }
-    out = ROOT / "bench" / "results" / "overload.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write(record)}")
 
 
 if __name__ == "__main__":

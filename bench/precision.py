@@ -10,17 +10,14 @@ the build's gate measured (the variant's build.json). Results go to bench/result
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +25,10 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clients import TritonClient  # noqa: E402
-from server import EmbeddedTriton  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from bench.harness import arguments, embedded, header, machine, thread_loop, versions, write
+from clients import TritonClient
 
 MODELS = {"fp32": "image_classifier", "int8": "image_classifier_int8"}
 BATCH_SIZES = (1, 4, 16)
@@ -81,14 +76,7 @@ def served(repo: Path, images: NDArray[Any], rounds: int, calls: int, seconds: f
         served_repo = Path(tmp) / "repo"
         for name in MODELS.values():
             shutil.copytree(repo / name, served_repo / name)
-        server = EmbeddedTriton(
-            served_repo,
-            Path(tmp) / "backends",
-            http_port=free_port(),
-            grpc_port=free_port(),
-            metrics_port=free_port(),
-            log_file=Path(tmp) / "log",
-        )
+        server = embedded(served_repo, Path(tmp) / "log", Path(tmp) / "backends")
         server.start(timeout_s=240)
         try:
             results: dict[str, Any] = {}
@@ -116,21 +104,12 @@ def served(repo: Path, images: NDArray[Any], rounds: int, calls: int, seconds: f
 
 
 def _concurrent(url: str, model: str, image: NDArray[Any], seconds: float) -> float:
-    counts = [0] * 4
-
-    def worker(index: int) -> None:
+    @contextmanager
+    def caller() -> Iterator[Callable[[], object]]:
         with TritonClient(url) as client:
-            deadline = time.perf_counter() + seconds
-            while time.perf_counter() < deadline:
-                client.infer(model, {"image": image})
-                counts[index] += 1
+            yield lambda: client.infer(model, {"image": image})
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(counts) / seconds
+    return thread_loop(caller, 4, seconds)
 
 
 def _figures(latency: dict[str, float], size: int) -> dict[str, Any]:
@@ -144,8 +123,7 @@ def _figures(latency: dict[str, float], size: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repo", type=Path, default=ROOT / "model_repository")
+    parser = arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=10, help="calls per round and batch size")
     parser.add_argument("--seconds", type=float, default=5.0, help="per concurrent-throughput round")
@@ -156,17 +134,15 @@ def main() -> None:
     images = np.random.default_rng(0).standard_normal((max(BATCH_SIZES), 3, 224, 224)).astype(np.float32)
     gate = json.loads((args.repo / MODELS["int8"] / "1" / "build.json").read_text())["accuracy"]
     record = {
-        "benchmark": "precision",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, cores: {len(os.sched_getaffinity(0))}",
-        "onnxruntime": ort.__version__,
+        **header("precision"),
+        "machine": machine(processor=True),
+        **versions("onnxruntime"),
         "models": MODELS,
         "in_process_onnxruntime_2_threads": in_process(args.repo, images, args.rounds, args.calls),
         "embedded_triton_grpc": served(args.repo, images, args.rounds, args.calls, args.seconds),
         "accuracy_gate": gate,
     }
-    out = ROOT / "bench" / "results" / "precision.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write(record)
     print(json.dumps(record, indent=2))
 
 

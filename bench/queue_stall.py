@@ -21,26 +21,20 @@ Each is measured with the kit's closed loop (`python -m loadtest --steps 1`) at 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.gpu import embedded  # noqa: E402
-from bench.overload import QUEUE_POLICY  # noqa: E402
-from clients import TritonClient  # noqa: E402
-from loadtest.report import request_log  # noqa: E402
+from bench.harness import QUEUE_POLICY, RESULTS, ROOT, arguments, embedded, header, machine, usable_cores, write
+from clients import TritonClient
+from loadtest.report import request_log
 
 THREADS = re.compile(r'parameters \{ key: "intra_op_thread_count" value: \{ string_value: "(\d+)" \} \}')
 CPU_COUNT = re.compile(r"(  kind: KIND_CPU\n  count: )\d+\n")
@@ -86,13 +80,12 @@ def closed_loop(model: str, url: str, users: int, seconds: float, report: Path) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__)
     parser.add_argument("--model", default="text_encoder")
-    parser.add_argument("--repo", type=Path, default=ROOT / "model_repository")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument(
-        "--threads", type=int, default=len(os.sched_getaffinity(0)), help="intra-op threads of the one-instance forms"
+        "--threads", type=int, default=usable_cores(), help="intra-op threads of the one-instance forms"
     )
     args = parser.parse_args()
     if not (args.repo / args.model / "config.pbtxt").is_file():
@@ -128,17 +121,15 @@ def main() -> None:
         for form in FORMS[1:]:
             results[form][key]["rps_vs_one_instance_bounded"] = round(results[form][key]["rps"] / base, 2)
     record = {
-        "benchmark": "queue_stall",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, cores: {len(os.sched_getaffinity(0))}, kernel {platform.release()}",
+        **header("queue_stall"),
+        "machine": machine(kernel=True),
         "server": "embedded Triton 2.51 (nvidia-pytriton)",
         "model": args.model,
         "seconds": args.seconds,
         "generator": "the kit's closed loop (python -m loadtest, Locust), gRPC",
         "results": results,
     }
-    out = ROOT / "bench" / "results" / f"queue_stall-{args.model}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    out = write(record, RESULTS / f"queue_stall-{args.model}.json")
     for form, figures in results.items():
         print(
             f"{form:>10} (queue policy {figures['queue_policy']}, instances {figures['instances']}, "
