@@ -52,7 +52,7 @@ from bench.harness import (
     versions,
     write,
 )
-from server.runtime.triton_kit_compiled import CompiledPackage
+from server.python_models.triton_kit_compiled import CompiledPackage
 
 Feed = dict[str, NDArray[Any]]
 

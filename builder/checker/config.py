@@ -9,7 +9,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from builder.errors import RenderError
-from server.runtime.triton_kit_compiled import PACKAGE  # the runtime loads what the builder writes
+from server.python_models.triton_kit_compiled import PACKAGE  # the runtime loads what the builder writes
 
 __all__ = ["FORMATS", "FormatInfo", "parse_config"]
 

@@ -60,7 +60,8 @@ def auto_complete(config: pb.ModelConfig, model_file: Path, model: str) -> tuple
     the reason the backend would refuse the model, in the backend's words."""
     if "auto_complete_config" not in model_file.read_text(errors="replace"):
         return None, None  # nothing to run (and the model's imports, torch say, stay unloaded)
-    from server.embedded import ServerError, find_installation  # the server's own utils module
+    from server.errors import ServerError
+    from server.installation import find_installation  # the server's own utils module
 
     model_file = model_file.resolve()
     try:

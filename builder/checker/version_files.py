@@ -17,7 +17,7 @@ from builder.checker.problem import PlanTarget, Problem
 from builder.checker.profiles import ShapeProfile, profile_problems
 from builder.checker.records import BUILD_RECORD, read_record
 from builder.checker.signature import check_signature
-from server.runtime.triton_kit_compiled import PACKAGE, PROGRAM
+from server.python_models.triton_kit_compiled import PACKAGE, PROGRAM
 
 __all__ = ["model_files", "versions"]
 

@@ -35,7 +35,7 @@ from builder.spec import OnnxModelSpec, VariantSpec, VersionSpec
 from builder.targets import Target
 from clients import limits as client_limits
 from server.embedded import BATCHING_RUNTIME, COMPILED_RUNTIME
-from server.runtime.triton_kit_compiled import LIMITS_RUNTIME, PACKAGE, PRECISIONS, PROGRAM
+from server.python_models.triton_kit_compiled import LIMITS_RUNTIME, PACKAGE, PRECISIONS, PROGRAM
 
 __all__ = [
     "PACKAGE",

@@ -9,8 +9,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from server.embedded import find_installation
 from server.errors import ServerError
+from server.installation import find_installation
 from server.onnxruntime_backend import BACKEND_LIBRARY, ensure_backend
 
 

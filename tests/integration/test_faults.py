@@ -23,13 +23,8 @@ from tritonclient.utils import InferenceServerException
 
 from clients import AccessDenied, ClientError, ModelNotReady, ServerOverloaded, ServerUnavailable, TritonClient
 from server.admin_key import key_library
-from server.embedded import (
-    SUPERVISOR_IN_CONTAINER,
-    container_command,
-    find_installation,
-    prepare_backends,
-    server_environment,
-)
+from server.embedded import SUPERVISOR_IN_CONTAINER, container_command
+from server.installation import find_installation, prepare_backends, server_environment
 from server.supervisor import KEY_LIBRARY_SETTING, kill_group, stub_processes, stub_regions
 from tests.conftest import ROOT, echo_model, linear_model
 from tests.integration.conftest import build_entries, make_server

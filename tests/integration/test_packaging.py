@@ -83,7 +83,8 @@ def test_the_wheel_carries_templates_build_shims_and_commands_but_not_the_exampl
         for p in (ROOT / "server/onnxruntime_backend/cmake").rglob("*.*")
     }
     assert shims and shims <= names  # what building Triton's onnxruntime backend needs besides its sources
-    assert {f"server/runtime/{p.name}" for p in (ROOT / "server/runtime").glob("*.py")} <= names
+    assert {f"server/python_models/{p.name}" for p in (ROOT / "server/python_models").glob("*.py")} <= names
+    assert "server/key_from_env.cc" in names  # the admin key's preload library, compiled on first use
     assert "deploy/kubernetes/triton.yaml.j2" in names
     assert not {name for name in names if name.startswith(("models/", "tests/", "bench/"))}
     (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]

@@ -17,7 +17,7 @@ import torch
 from builder.checker import PlanTarget, check_repository
 from builder.errors import BuildError, ConversionError, SpecError
 from builder.pipeline import build_repository
-from server.runtime.triton_kit_compiled import CompiledPackage
+from server.python_models.triton_kit_compiled import CompiledPackage
 from tests.conftest import linear_model, snapshot
 
 pytestmark = [pytest.mark.slow]

@@ -24,9 +24,9 @@ from server.embedded import (
     SUPERVISOR_IN_CONTAINER,
     EmbeddedTriton,
     container_command,
-    find_installation,
     server_flags,
 )
+from server.installation import find_installation
 from server.supervisor import ENSEMBLE_DRAIN_S
 from tests.conftest import ROOT
 

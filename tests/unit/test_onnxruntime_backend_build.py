@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from server.embedded import find_installation
 from server.errors import BackendBuildError
+from server.installation import find_installation
 from server.onnxruntime_backend import build, sources
 from server.onnxruntime_backend.sources import MIRROR_ARCHIVE, MIRROR_SETTING, fetch_sources, tree_digest
 
