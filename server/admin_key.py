@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from server.errors import ServerError
-from server.onnxruntime_backend.build import cache_root
+from server.onnxruntime_backend.build import cache_root, find_compiler
 from server.supervisor import KEY_LIBRARY_SETTING
 
 __all__ = ["key_library"]
@@ -43,13 +43,10 @@ def key_library() -> Path:
         if not Path(prebuilt).is_file():
             raise ServerError(f"{KEY_LIBRARY_SETTING}={prebuilt} names no file; unset it to compile the library here")
         return Path(prebuilt)
-    compiler = shutil.which(os.environ.get("CXX") or "c++") or shutil.which("g++")
-    if compiler is None:
-        raise ServerError(
-            "the embedded server keeps its admin key off the command line with a small library compiled on first "
-            "use, which needs a C++ compiler (no c++ or g++ on PATH, CXX unset); install one (Debian/Ubuntu: "
-            "`sudo apt-get install g++`) and start it again"
-        )
+    compiler = find_compiler(
+        "the embedded server keeps its admin key off the command line with a small library compiled on first use "
+        "by a C++ compiler"
+    )
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     digest = hashlib.sha256(SOURCE.read_bytes() + version.encode()).hexdigest()[:16]
     built = cache_root() / "key-from-env" / digest / LIBRARY

@@ -37,7 +37,7 @@ from pathlib import Path
 from server.errors import BackendBuildError
 from server.onnxruntime_backend.sources import BRANCH, RAPIDJSON, SOURCES, fetch_sources
 
-__all__ = ["BACKEND_LIBRARY", "PREBUILT_SETTING", "OnnxRuntimeLibrary", "cache_root", "ensure_backend"]
+__all__ = ["BACKEND_LIBRARY", "PREBUILT_SETTING", "OnnxRuntimeLibrary", "cache_root", "ensure_backend", "find_compiler"]
 
 BACKEND_LIBRARY = "libtriton_onnxruntime.so"
 PREBUILT_SETTING = "TRITON_KIT_ONNXRUNTIME_BACKEND"
@@ -93,13 +93,9 @@ class Toolchain:
 
     @classmethod
     def find(cls, gpu: bool) -> Toolchain:
-        cxx = shutil.which(os.environ.get("CXX") or "c++") or shutil.which("g++")
-        if cxx is None:
-            raise BackendBuildError(
-                "Triton's onnxruntime backend is compiled from source on first use and needs a C++17 compiler, "
-                "which this machine lacks (no c++ or g++ on PATH, CXX unset); install one (Debian/Ubuntu: "
-                "`sudo apt-get install g++`, Fedora/RHEL: `sudo dnf install gcc-c++`) and run the command again"
-            )
+        cxx = find_compiler(
+            "Triton's onnxruntime backend is compiled from source on first use and needs a C++17 compiler"
+        )
         nvcc = nvcc_version = architectures = ""
         if gpu:
             nvcc = os.environ.get("CUDACXX") or shutil.which("nvcc") or _existing("/usr/local/cuda/bin/nvcc")
@@ -121,6 +117,21 @@ class Toolchain:
             nvcc_version=nvcc_version,
             cuda_architectures=architectures,
         )
+
+
+def find_compiler(why: str) -> str:
+    """The C++ compiler: CXX, else c++ or g++ on PATH.
+
+    Raises:
+        BackendBuildError: there is none; the message starts with `why` and says how to install one.
+    """
+    cxx = shutil.which(os.environ.get("CXX") or "c++") or shutil.which("g++")
+    if cxx is None:
+        raise BackendBuildError(
+            f"{why}, which this machine lacks (no c++ or g++ on PATH, CXX unset); install one (Debian/Ubuntu: "
+            "`sudo apt-get install g++`, Fedora/RHEL: `sudo dnf install gcc-c++`) and run the command again"
+        )
+    return cxx
 
 
 def cache_root() -> Path:
