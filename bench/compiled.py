@@ -35,23 +35,7 @@ from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import (
-    RESULTS,
-    ROOT,
-    arguments,
-    breakdown,
-    drive,
-    embedded,
-    header,
-    machine,
-    payload,
-    run_bound,
-    session,
-    statistics_of,
-    usable_cores,
-    versions,
-    write,
-)
+from bench import harness
 from server.python_models.triton_kit_compiled import CompiledPackage
 
 Feed = dict[str, NDArray[Any]]
@@ -91,8 +75,8 @@ def engine(repo: Path, model: str, runs_as: str, target: str) -> Callable[[Feed]
     if runs_as == "compiled":
         package = CompiledPackage(str(repo / model / "1"), "cuda:0" if target == "gpu" else "cpu")
         return package
-    sess = session(repo, model, "cuda" if target == "gpu" else "cpu")
-    return lambda feed: run_bound(sess, feed)
+    sess = harness.session(repo, model, "cuda" if target == "gpu" else "cpu")
+    return lambda feed: harness.run_bound(sess, feed)
 
 
 def eager(model: str, target: str) -> Callable[[Feed], Any]:
@@ -100,7 +84,7 @@ def eager(model: str, target: str) -> Callable[[Feed], Any]:
     from builder.export.source import instantiate
     from builder.spec import OnnxModelSpec, load_spec
 
-    spec = load_spec(ROOT / "models.yaml").model(model)
+    spec = load_spec(harness.ROOT / "models.yaml").model(model)
     assert isinstance(spec, OnnxModelSpec)
     device, dtype = ("cuda", torch.float16) if target == "gpu" else ("cpu", torch.float32)
     module = instantiate(spec, spec.versions[0]).to(device=device, dtype=dtype)
@@ -120,7 +104,7 @@ def in_process(repo: Path, target: str, family: str, rounds: int, calls: int) ->
     engines = {label: engine(repo, model, runs_as, target) for label, model, runs_as in compared}
     results: dict[str, Any] = {}
     for size in (1, 4, MAX_BATCH[family]):
-        feed = payload(family, size)
+        feed = harness.payload(family, size)
         for run in engines.values():
             for _ in range(3):
                 run(feed)  # first-call set-up, and every kernel warmed
@@ -150,7 +134,7 @@ def where_time_goes(repo: Path, family: str, calls: int = 50) -> dict[str, Any]:
     baseline = next(m for label, m, _ in ENGINES["gpu"][family] if label.startswith("onnx"))
     package = CompiledPackage(str(repo / model / "1"), "cuda:0")
     onnx_call = engine(repo, baseline, "onnx", "gpu")
-    feed = payload(family, MAX_BATCH[family])
+    feed = harness.payload(family, MAX_BATCH[family])
     resident = [torch.from_numpy(feed[name]).to("cuda") for name in package.inputs]
     resident = [t.to(package.dtype) if t.is_floating_point() else t for t in resident]
 
@@ -186,14 +170,14 @@ def where_time_goes(repo: Path, family: str, calls: int = 50) -> dict[str, Any]:
 
 
 def served(repo: Path, target: str, seconds: float, processes: int) -> dict[str, Any]:
-    scratch = ROOT / ".triton" / f"bench-compiled-{target}"
+    scratch = harness.ROOT / ".triton" / f"bench-compiled-{target}"
     shutil.rmtree(scratch, ignore_errors=True)
     for compared in ENGINES[target].values():
         for _, model, _ in compared:
             shutil.copytree(repo / model, scratch / model)
-    log = RESULTS / f"compiled-{target}.server.log"
+    log = harness.RESULTS / f"compiled-{target}.server.log"
     log.unlink(missing_ok=True)
-    server = embedded(scratch, log)
+    server = harness.embedded(scratch, log)
     started = time.perf_counter()
     server.start(timeout_s=900)
     results: dict[str, Any] = {"server_ready_s": round(time.perf_counter() - started, 1)}
@@ -205,9 +189,9 @@ def served(repo: Path, target: str, seconds: float, processes: int) -> dict[str,
         for family, engines in ENGINES[target].items():
             for label, model, _ in engines:
                 for clients in concurrency:
-                    before = statistics_of(client, model)
-                    load = drive(server.grpc_url, model, clients, seconds, False, processes)
-                    figures = {**load, **breakdown(before, statistics_of(client, model))}
+                    before = harness.statistics_of(client, model)
+                    load = harness.drive(server.grpc_url, model, clients, seconds, False, processes)
+                    figures = {**load, **harness.breakdown(before, harness.statistics_of(client, model))}
                     results.setdefault(family, {}).setdefault(label, {})[f"concurrency_{clients}"] = figures
                     print(f"served {family} {label} c{clients}: {figures}", flush=True)
             for clients in concurrency:
@@ -228,11 +212,11 @@ def served(repo: Path, target: str, seconds: float, processes: int) -> dict[str,
 
 
 def main() -> None:
-    parser = arguments(__doc__)
+    parser = harness.arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=10, help="calls per round and batch size")
     parser.add_argument("--seconds", type=float, default=5.0, help="per served load point")
-    parser.add_argument("--processes", type=int, default=max(1, usable_cores() // 2))
+    parser.add_argument("--processes", type=int, default=max(1, harness.usable_cores() // 2))
     args = parser.parse_args()
     target = "gpu" if "KIND_GPU" in (args.repo / "image_classifier" / "config.pbtxt").read_text() else "cpu"
     missing = [m for family in ENGINES[target].values() for _, m, _ in family if not (args.repo / m / "1").is_dir()]
@@ -242,11 +226,11 @@ def main() -> None:
         ort.preload_dlls()
     torch.set_num_threads(2)  # as the served configs bound each instance (intra_op_thread_count)
     record: dict[str, Any] = {
-        **header("compiled"),
+        **harness.header("compiled"),
         "target": target,
-        "machine": machine(),
+        "machine": harness.machine(),
         "gpu": torch.cuda.get_device_name() if target == "gpu" else None,
-        "versions": versions("torch", "onnxruntime", "numpy"),
+        "versions": harness.versions("torch", "onnxruntime", "numpy"),
         "builds": {
             m: json.loads((args.repo / m / "1" / "build.json").read_text())["compiled"]
             for family in ENGINES[target].values()
@@ -260,7 +244,7 @@ def main() -> None:
     if target == "gpu":
         record["where_time_goes"] = {family: where_time_goes(args.repo, family) for family in ENGINES[target]}
     record["served_grpc_batch_1"] = served(args.repo, target, args.seconds, args.processes)
-    write(record, RESULTS / f"compiled-{target}.json")
+    harness.write(record, harness.RESULTS / f"compiled-{target}.json")
     print(json.dumps({k: v for k, v in record.items() if k != "builds"}, indent=2))
 
 
