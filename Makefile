@@ -94,8 +94,7 @@ tune: venv ## search MODEL's serving options for the highest rate within a p95 b
 
 KIT_IMAGE ?= triton-model-kit:0.1.0
 image: venv ## build the kit's CPU serving image, what `docker compose --profile cpu` runs (KIT_IMAGE=, IMAGE_ARGS="--build-arg TORCH=0")
-	rm -rf .triton/image && $(PY) -m server.onnxruntime_backend --copy-to .triton/image/onnxruntime-backend
-	$(PY) -m server.admin_key --copy-to .triton/image
+	$(PY) -m deploy image-context .triton/image
 	docker build --file deploy/docker/Dockerfile --tag $(KIT_IMAGE) $(IMAGE_ARGS) .
 
 # TARGET=auto is this machine's runtime, as for build-repo.

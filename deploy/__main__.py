@@ -3,6 +3,7 @@
 python -m deploy k8s --target gpu --repository s3://bucket/model_repository > triton.yaml
 python -m deploy check      # compose file and both manifest variants against their schemas, and
                             # the compose file interpolated as Compose does with no variable set
+python -m deploy image-context .triton/image   # what the kit image copies from the host (make image)
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from deploy.image import stage_image_context
 from deploy.render import KUBERNETES_VERSION, Manifests, compose_problems, manifest_problems, render_manifests
+from server.errors import ServerError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,7 +40,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "check", help=f"validate docker-compose.yml and the manifests (Kubernetes {KUBERNETES_VERSION})"
     )
+    context = commands.add_parser(
+        "image-context", help="build here and stage what the kit image copies from the host (make image)"
+    )
+    context.add_argument("destination", type=Path, help="the folder the Dockerfile copies from (.triton/image)")
     args = parser.parse_args(argv)
+    if args.command == "image-context":
+        try:
+            staged = stage_image_context(args.destination)
+        except ServerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print("\n".join(map(str, staged)))
+        return 0
     if args.command == "k8s":
         try:
             text = Manifests(

@@ -5,19 +5,13 @@ Triton 2.51 reads restricted-API keys only from its flags (`--http-restricted-ap
 passes a placeholder in the flags and the key in the server's environment, which only its owner
 can read (server.supervisor.key_environment); this library, preloaded into the server
 (`key_from_env.cc`), swaps the key in before Triton parses its flags.
-
-`python -m server.admin_key [--copy-to DIR]` compiles it now and prints its path (`make image`
-copies it into the image's build context).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
-import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -25,7 +19,7 @@ from server.errors import ServerError
 from server.onnxruntime_backend.build import cache_root, find_compiler
 from server.supervisor import KEY_LIBRARY_SETTING
 
-__all__ = ["key_library"]
+__all__ = ["LIBRARY", "key_library"]
 
 SOURCE = Path(__file__).resolve().with_name("key_from_env.cc")
 LIBRARY = "libtriton_kit_key_from_env.so"
@@ -72,23 +66,3 @@ def key_library() -> Path:
             raise ServerError(f"could not compile {SOURCE.name} ({' '.join(command)}): {result.stderr.strip()}")
         os.replace(staged, built)  # atomic: a concurrent start sees the whole file or none
     return built
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.admin_key", description=__doc__)
-    parser.add_argument("--copy-to", type=Path, help="also copy the library into this folder")
-    args = parser.parse_args(argv)
-    try:
-        library = key_library()
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if args.copy_to is not None:
-        args.copy_to.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(library, args.copy_to / LIBRARY)
-    print(library)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

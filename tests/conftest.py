@@ -109,6 +109,21 @@ def echo_model(name: str = "echo", **overrides: Any) -> dict[str, Any]:
     return entry
 
 
+def ensemble_model(
+    name: str, steps: list[tuple[str, dict[str, str], dict[str, str]]], inputs: list[Any], outputs: list[Any]
+) -> dict[str, Any]:
+    """A spec entry for an ensemble (max_batch_size 8) of `steps`: (model, its inputs from ensemble
+    tensors, its outputs to ensemble tensors)."""
+    return {
+        "name": name,
+        "kind": "ensemble",
+        "max_batch_size": 8,
+        "inputs": inputs,
+        "outputs": outputs,
+        "steps": [{"model": model, "inputs": ins, "outputs": outs} for model, ins, outs in steps],
+    }
+
+
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under `root` with the SHA-256 of its bytes: equal snapshots, equal trees."""
     return {

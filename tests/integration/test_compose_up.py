@@ -102,11 +102,8 @@ def wheelhouse_url() -> Iterator[str]:
 def images(engine: str, base_image: str, wheelhouse_url: str) -> dict[str, str]:
     """The kit image and the Debian Prometheus image, built with the plain builder."""
     started = time.monotonic()
-    # As `make image` does: the onnxruntime backend this machine built, into the build context.
-    staged = ROOT / ".triton" / "image" / "onnxruntime-backend"
-    shutil.rmtree(staged.parent, ignore_errors=True)
-    checked(sys.executable, "-m", "server.onnxruntime_backend", "--copy-to", str(staged))
-    checked(sys.executable, "-m", "server.admin_key", "--copy-to", str(staged.parent))
+    # As `make image` does: what the image copies from the host, built here, into the build context.
+    checked(sys.executable, "-m", "deploy", "image-context", str(ROOT / ".triton" / "image"))
     checked(
         engine, "build", "--network", "host", "--file", str(ROOT / "deploy/docker/Dockerfile"),
         "--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", f"PIP_FIND_LINKS={wheelhouse_url}",

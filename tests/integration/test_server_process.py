@@ -15,7 +15,7 @@ import pytest
 from clients import TritonClient
 from server import ServerError
 from server.supervisor import stub_regions
-from tests.conftest import ROOT, echo_model, free_port, linear_model
+from tests.conftest import ROOT, echo_model, ensemble_model, free_port, linear_model
 from tests.integration.conftest import build_entries, make_server, process_group
 
 pytestmark = pytest.mark.server
@@ -56,20 +56,10 @@ def test_make_serve_drains_once_when_its_process_group_is_signalled(tmp_path: Pa
     ensemble's, in its first step: its second must still run, though Triton refuses new work to
     every model once signalled, so the ensemble is drained before the server is."""
     started = tmp_path / "started"
-    pipeline = {
-        "name": "pipeline",
-        "kind": "ensemble",
-        "max_batch_size": 8,
-        "inputs": [{"name": "x", "dtype": "TYPE_FP32", "dims": [4]}],
-        "outputs": [{"name": "y", "dtype": "TYPE_FP32", "dims": [3]}],
-        "steps": [
-            {"model": "echo", "inputs": {"x": "x"}, "outputs": {"y": "echoed"}},
-            {"model": "linear", "inputs": {"x": "echoed"}, "outputs": {"y": "y"}},
-        ],
-    }
-    repo = build_entries(
-        tmp_path, linear_model(), echo_model(options={"seconds": 3.0, "started": str(started)}), pipeline
-    )
+    linear, echo = linear_model(), echo_model(options={"seconds": 3.0, "started": str(started)})
+    steps = [("echo", {"x": "x"}, {"y": "echoed"}), ("linear", {"x": "echoed"}, {"y": "y"})]
+    pipeline = ensemble_model("pipeline", steps, inputs=echo["inputs"], outputs=linear["outputs"])
+    repo = build_entries(tmp_path, linear, echo, pipeline)
     ports = {name: str(free_port()) for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")}
     make = subprocess.Popen(
         ["make", "--no-print-directory", "serve", f"REPO={repo}"],

@@ -359,3 +359,22 @@ def _string_values(node: Any) -> list[str]:
     if isinstance(node, list):
         return [value for item in node for value in _string_values(item)]
     return [node] if isinstance(node, str) else []
+
+
+def test_the_image_context_holds_every_file_the_dockerfile_copies_from_the_host(tmp_path: Path) -> None:
+    """`python -m deploy image-context` (make image) stages exactly what the Dockerfile's COPY lines
+    take from .triton/image: a file missing there fails the image build, one extra is dead weight."""
+    staged = subprocess.run(
+        [sys.executable, "-m", "deploy", "image-context", str(tmp_path / "image")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "TRITON_KIT_KEY_LIBRARY": ""},  # compiled here, as on a host
+    )
+    assert staged.returncode == 0, staged.stderr
+    copied = re.findall(r"^COPY \.triton/image/(\S+) ", (ROOT / "deploy/docker/Dockerfile").read_text(), re.MULTILINE)
+    assert sorted(copied) == sorted(p.name for p in (tmp_path / "image").iterdir())
+    assert sorted(Path(line).name for line in staged.stdout.split()) == [
+        "libtriton_kit_key_from_env.so",
+        "libtriton_onnxruntime.so",
+    ]
