@@ -8,6 +8,16 @@ The build is a short pipeline of named steps, each its own module:
         -> swap the staged repository into place
 
 `python -m builder --help` is the command line; `make build-repo` and `make check-repo` call it.
+
+Packages, importing one way down this list (import-linter's contracts in pyproject.toml):
+
+    pipeline, render, python_model, limits, repository, cli   the build's orchestration (here)
+    variants/   one module per reduced-precision or compiled format, calibration, accuracy gate
+    export/     the user's module -> a verified ONNX file
+    spec/       the spec file's models, validated
+    checker/    the repository checker: Triton's load-time rules, for any repository
+
+with the shared basics (dtypes, errors, targets, progress) beside them.
 """
 
 from __future__ import annotations

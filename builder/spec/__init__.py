@@ -5,6 +5,10 @@ Three kinds of model, chosen by `kind:` (default `onnx`):
 - `onnx`: a PyTorch module exported to ONNX (`OnnxModelSpec`);
 - `python`: a pre/post-processing class served by the Python backend (`PythonModelSpec`);
 - `ensemble`: a pipeline of the others run by Triton's ensemble scheduler (`EnsembleSpec`).
+
+Imports: pydantic, yaml, the shared basics (builder.dtypes, builder.errors) and the checker's
+ensemble graph rules (builder.checker.ensemble), which the spec applies before anything is built;
+never the build's steps (the import-linter contract in pyproject.toml).
 """
 
 from builder.spec.loading import KINDS, Spec, as_ensemble, as_member, load_spec
