@@ -11,13 +11,14 @@ The build is a short pipeline of named steps, each its own module:
 
 Packages, importing one way down this list (import-linter's contracts in pyproject.toml):
 
-    pipeline, render, python_model, limits, repository, cli   the build's orchestration (here)
+    pipeline, render, python_model, cli   the build's orchestration (here)
     variants/   one module per reduced-precision or compiled format, calibration, accuracy gate
     export/     the user's module -> a verified ONNX file
     spec/       the spec file's models, validated
     checker/    the repository checker: Triton's load-time rules, for any repository
 
-with the shared basics (dtypes, errors, targets, progress) beside them.
+with what several of them use beside them: dtypes, errors, targets, progress, the build's
+workspace and atomic swap (repository) and the input limits it writes (limits).
 """
 
 from __future__ import annotations
