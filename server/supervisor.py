@@ -326,8 +326,9 @@ def drain_ensembles(
     Why: on SIGTERM Triton stops every model's scheduler at once, so an ensemble request between
     two steps is refused its next one ("scheduler for model has stopped accepting new inference
     requests") and lost. Unloaded first, an ensemble finishes what it holds on steps that still
-    serve; while it unloads, a strict-readiness server reports not ready, which the kit's clients
-    take for a stopping server. Needs explicit model control; any refusal leaves the stop as Triton's.
+    serve. A request for it meanwhile is answered NOT_FOUND, which the kit's clients take for a
+    stopping server once its readiness, asked again a moment later, is down. Needs explicit model
+    control; any refusal leaves the stop as Triton's.
     """
     began = time.monotonic()
     try:
