@@ -13,10 +13,14 @@ rounded, back to back). Their ratio, served / in-process, is the serving overhea
 - image_classifier: batch-1 requests at concurrency 4; text_encoder: seq 32 (the spec's typical
   dims), batch-1 requests at concurrency 8. One server per backend serves --repo with only these
   two loaded (explicit model control); both sides send the spec's payload (loadtest.payloads).
-- Load: perf_analyzer 2.51 --concurrency-range N over gRPC (bench/vs_perf_analyzer.py installs
+- Load: perf_analyzer 2.51 --concurrency-range N over gRPC (bench/generators.py installs
   it), else the kit's closed loop (`python -m loadtest --steps 1`); the JSON says which ran.
 - The average batch is the server's inference_count / execution_count over the served run.
 - Rounds alternate served and in-process; each figure is a median of --rounds with its min-max.
+- Where the two cores go while served: the generator's CPU share, the server's, and the CPU
+  milliseconds a sample cost the server against what it costs ONNX Runtime in-process at the
+  same batch (with the generator on the same cores, served / in-process can at best reach
+  1 - the generator's share of the two cores).
 - Backends: the folder the embedded server assembles (prepare_backends), and with
   --compare-backend-dir a second one, served as it is (not re-assembled, which would replace its
   onnxruntime backend with the kit's), labelled --compare-label.
@@ -42,6 +46,7 @@ from statistics import median
 from typing import Any
 
 import onnxruntime as ort
+import psutil
 from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -51,6 +56,7 @@ from bench.harness import RESULTS, ROOT, arguments, embedded, header, usable_cor
 from builder.checker.config import parse_config
 from clients import TritonClient
 from loadtest.payloads import perf_analyzer_data, spec_payload
+from server.embedded import EmbeddedTriton
 
 CONCURRENCY = {"image_classifier": 4, "text_encoder": 8}
 DEFAULT_LABEL = "default"
@@ -109,9 +115,9 @@ def describe(backend_dir: Path) -> str:
 
 
 @contextmanager
-def serving(repo: Path, backend_dir: Path, assemble: bool, log: Path, models: list[str]) -> Iterator[str]:
-    """The gRPC address of an embedded server of `repo` on free ports with `models` loaded; with
-    `assemble` False, `backend_dir` is served as it was assembled elsewhere."""
+def serving(repo: Path, backend_dir: Path, assemble: bool, log: Path, models: list[str]) -> Iterator[EmbeddedTriton]:
+    """An embedded server of `repo` on free ports with `models` loaded; with `assemble` False,
+    `backend_dir` is served as it was assembled elsewhere."""
     server = embedded(repo, log, backend_dir, model_control_mode="explicit", assemble_backends=assemble)
     server.start(timeout_s=180)
     try:
@@ -120,7 +126,7 @@ def serving(repo: Path, backend_dir: Path, assemble: bool, log: Path, models: li
                 client.load_model(model)
                 for _ in range(4):  # the first requests start the sessions: not measured
                     client.infer(model, payload(model, 1))
-        yield server.grpc_url
+        yield server
     finally:
         server.stop()
 
@@ -143,12 +149,22 @@ def _counts(client: TritonClient, model: str) -> tuple[int, int]:
     return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
-def measure_served(generator: Generator, url: str, model: str, seconds: float, work: Path) -> dict[str, Any]:
-    """One generator run at the model's concurrency; its figures and the server's average batch."""
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process has used so far (user and system, its threads included)."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def measure_served(
+    generator: Generator, server: EmbeddedTriton, model: str, concurrency: int, seconds: float, work: Path
+) -> dict[str, Any]:
+    """One generator run at the model's concurrency; its figures, the server's average batch, and
+    the CPU the server took: where the two cores went (the generator's share is its cpu_percent)."""
     load = argparse.Namespace(model=model, protocol="grpc", seconds=seconds)
-    concurrency = CONCURRENCY[model]
+    url = server.grpc_url
     with TritonClient(url, timeout_s=30) as client:
         before = _counts(client, model)
+        cpu, started = cpu_seconds(server.pid or 0), time.monotonic()
         if generator.binary is not None and generator.env is not None:
             data = work / f"{model}-input-data.json"
             if not data.exists():
@@ -159,8 +175,11 @@ def measure_served(generator: Generator, url: str, model: str, seconds: float, w
             report = Path(tempfile.mkdtemp(prefix="kit-", dir=work))
             ran = run_kit(load, url, ["--steps", "1", "--step-users", str(concurrency)], report)
             figures = {**ran.pop("steps", [{}])[0], **ran}
+        cpu, wall = cpu_seconds(server.pid or 0) - cpu, time.monotonic() - started
         inferences, executions = (b - a for a, b in zip(before, _counts(client, model), strict=True))
     figures["avg_batch"] = round(inferences / executions, 2) if executions else None
+    figures["server_cpu_percent"] = round(100 * cpu / wall, 1)
+    figures["server_cpu_ms_per_sample"] = round(1000 * cpu / inferences, 3) if inferences else None
     figures["samples_per_s"] = figures.get("rps")  # batch-1 requests: a request is a sample
     return figures
 
@@ -175,13 +194,16 @@ def sessions(model_path: Path, layout: ServedLayout) -> list[ort.InferenceSessio
     ]
 
 
-def measure_in_process(runners: list[ort.InferenceSession], feeds: dict[str, NDArray[Any]], seconds: float) -> float:
-    """Samples per second of every session running `feeds` back to back, one thread each."""
+def measure_in_process(
+    runners: list[ort.InferenceSession], feeds: dict[str, NDArray[Any]], seconds: float
+) -> dict[str, float]:
+    """Samples per second of every session running `feeds` back to back, one thread each, and the
+    CPU milliseconds each sample took."""
     batch = len(next(iter(feeds.values())))
     for session in runners:
         session.run(None, feeds)  # warm
     done = [0] * len(runners)
-    began = time.monotonic()
+    cpu, began = time.process_time(), time.monotonic()
     deadline = began + seconds
 
     def run(index: int, session: ort.InferenceSession) -> None:
@@ -194,7 +216,11 @@ def measure_in_process(runners: list[ort.InferenceSession], feeds: dict[str, NDA
         thread.start()
     for thread in threads:
         thread.join()
-    return round(sum(done) * batch / (time.monotonic() - began), 1)
+    samples, cpu = sum(done) * batch, time.process_time() - cpu
+    return {
+        "samples_per_s": round(samples / (time.monotonic() - began), 1),
+        "cpu_ms_per_sample": round(1000 * cpu / samples, 3),
+    }
 
 
 def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -211,6 +237,14 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "in_process_samples_per_s": spread([r["in_process"]["samples_per_s"] for r in rounds]),
         "avg_batch": spread([r["served"]["avg_batch"] for r in rounds if r["served"].get("avg_batch")]),
         "ratio_served_to_in_process": spread([r["ratio"] for r in rounds if r["ratio"] is not None]),
+        # Where the cores went while served: the generator's share, the server's, and the CPU a
+        # sample cost the server against in-process ONNX Runtime at the same batch.
+        "generator_cpu_percent": spread([r["served"]["cpu_percent"] for r in rounds if r["served"].get("cpu_percent")]),
+        "server_cpu_percent": spread([r["served"]["server_cpu_percent"] for r in rounds]),
+        "server_cpu_ms_per_sample": spread(
+            [r["served"]["server_cpu_ms_per_sample"] for r in rounds if r["served"]["server_cpu_ms_per_sample"]]
+        ),
+        "in_process_cpu_ms_per_sample": spread([r["in_process"]["cpu_ms_per_sample"] for r in rounds]),
     }
 
 
@@ -220,6 +254,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement (perf_analyzer: per window)")
     parser.add_argument("--rounds", type=int, default=3, help="served and in-process measurements, in turns")
     parser.add_argument("--generator", choices=["auto", "perf_analyzer", "kit"], default="auto")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        help=f"concurrent requests for every model (default per model: {CONCURRENCY}); more keeps both instances busy",
+    )
     parser.add_argument("--compare-backend-dir", type=Path, help="a second backends folder, served as assembled")
     parser.add_argument("--compare-label", default="compare", help="its name in the results")
     parser.add_argument("--out", type=Path, default=RESULTS / "onnxruntime_backend.json")
@@ -238,25 +277,27 @@ def main() -> int:
     if compare is not None:
         backends[args.compare_label] = (compare, False)
     layout = {model: ServedLayout.of(args.repo / model / "config.pbtxt") for model in args.models}
+    concurrency = {model: args.concurrency or CONCURRENCY[model] for model in args.models}
     runners = {model: sessions(args.repo / model / "1" / "model.onnx", layout[model]) for model in args.models}
     results: dict[str, dict[str, list[dict[str, Any]]]] = {m: {label: [] for label in backends} for m in args.models}
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, work, ignore_errors=True)
-        urls = {
+        servers = {
             label: stack.enter_context(serving(args.repo, folder, assemble, work / f"{label}.log", args.models))
             for label, (folder, assemble) in backends.items()
         }
         kinds = {label: {"dir": str(folder), "kind": describe(folder)} for label, (folder, _) in backends.items()}
         for round_ in range(args.rounds):
             for model in args.models:
-                for label, url in urls.items():
+                for label, server in servers.items():
                     print(f"round {round_ + 1}/{args.rounds}: {model} on {label}", flush=True)
-                    served = measure_served(generator, url, model, args.seconds, work)
+                    served = measure_served(generator, server, model, concurrency[model], args.seconds, work)
                     batch = max(1, min(round(served["avg_batch"] or 1), layout[model].max_batch_size))
-                    rate = measure_in_process(runners[model], payload(model, batch), args.seconds)
+                    alone = measure_in_process(runners[model], payload(model, batch), args.seconds)
+                    rate = alone["samples_per_s"]
                     ratio = round(served["samples_per_s"] / rate, 3) if served.get("samples_per_s") else None
                     results[model][label].append(
-                        {"served": served, "in_process": {"batch": batch, "samples_per_s": rate}, "ratio": ratio}
+                        {"served": served, "in_process": {"batch": batch, **alone}, "ratio": ratio}
                     )
     record = {
         **header("onnxruntime_backend"),
@@ -275,7 +316,7 @@ def main() -> int:
         "backends": kinds,
         "models": {
             model: {
-                "concurrency": CONCURRENCY[model],
+                "concurrency": concurrency[model],
                 "served_config": asdict(layout[model]),
                 "input_shapes": {name: list(array.shape[1:]) for name, array in payload(model, 1).items()},
                 **{label: {**summary(rounds), "rounds": rounds} for label, rounds in per_backend.items()},
@@ -291,7 +332,10 @@ def main() -> int:
 
 def _print(record: dict[str, Any], labels: list[str]) -> None:
     print(f"\n{record['generator']}, {record['seconds']:g} s x {record['rounds']} rounds (medians, ratio min-max):")
-    print(f"  {'model':<17} {'backend':<18} {'served/s':>9} {'in-proc/s':>10} {'batch':>6} {'ratio':>6}  spread")
+    print(
+        f"  {'model':<17} {'backend':<18} {'served/s':>9} {'in-proc/s':>10} {'batch':>6} {'ratio':>6}  spread"
+        "       generator% server%  CPU ms/sample served, in-process"
+    )
     for model, figures in record["models"].items():
         for label in labels:
             row = figures[label]
@@ -300,7 +344,9 @@ def _print(record: dict[str, Any], labels: list[str]) -> None:
             print(
                 f"  {model:<17} {label:<18} {row['served_samples_per_s']['median'] or float('nan'):>9.1f} "
                 f"{row['in_process_samples_per_s']['median'] or float('nan'):>10.1f} "
-                f"{row['avg_batch']['median'] or float('nan'):>6.2f} {ratio['median'] or float('nan'):>6.3f}  {spread}"
+                f"{row['avg_batch']['median'] or float('nan'):>6.2f} {ratio['median'] or float('nan'):>6.3f}  {spread:<11}"
+                f" {row['generator_cpu_percent']['median'] or float('nan'):>10.0f} {row['server_cpu_percent']['median']:>7.0f}"
+                f"  {row['server_cpu_ms_per_sample']['median'] or float('nan'):.2f}, {row['in_process_cpu_ms_per_sample']['median']:.2f}"
             )
 
 
