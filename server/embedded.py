@@ -128,6 +128,7 @@ class EmbeddedTriton:
     _supervisor: StubSupervisor | None = field(default=None, init=False, repr=False)
     _log_handle: IO[bytes] | None = field(default=None, init=False, repr=False)
     _terminating: threading.Thread | None = field(default=None, init=False, repr=False)
+    _key_library: Path | None = field(default=None, init=False, repr=False)
 
     @property
     def http_url(self) -> str:
@@ -212,7 +213,8 @@ class EmbeddedTriton:
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = self.log_file.open("ab")
-        environment = key_environment(self._key, key_library(), server_environment(installation))
+        self._key_library = key_library()
+        environment = key_environment(self._key, self._key_library, server_environment(installation))
         self._process = subprocess.Popen(
             self.command(installation),
             env=environment,
@@ -235,7 +237,7 @@ class EmbeddedTriton:
             request(self.http_url, {ADMIN_HEADER: self._key}, "GET", "/v2/logging")
         except OSError as exc:
             raise ServerError(
-                f"the server did not take the admin key its preloaded library ({key_library()}) should have put "
+                f"the server did not take the admin key its preloaded library ({self._key_library}) should have put "
                 f"in its flags: {exc}; check LD_PRELOAD is not disabled for tritonserver",
                 self.log_tail(),
             ) from exc
@@ -294,8 +296,7 @@ class EmbeddedTriton:
             if terminating is not None:
                 terminating.join()  # terminate() is draining the ensembles, then signals the server
             elif process.poll() is None:
-                self._drain_ensembles()
-                process.send_signal(signal.SIGTERM)
+                self._drain_then_signal(process)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=self.exit_timeout_s + 10)
         finally:
@@ -316,19 +317,18 @@ class EmbeddedTriton:
         if process is None or process.poll() is not None or self._terminating is not None:
             return
 
-        def drain_then_signal() -> None:
-            self._drain_ensembles()
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-
-        self._terminating = threading.Thread(target=drain_then_signal, name="triton-drain", daemon=True)
+        self._terminating = threading.Thread(
+            target=self._drain_then_signal, args=(process,), name="triton-drain", daemon=True
+        )
         self._terminating.start()
 
-    def _drain_ensembles(self) -> None:
+    def _drain_then_signal(self, process: subprocess.Popen[bytes]) -> None:
         """Let the ensembles finish their in-flight requests before Triton stops every scheduler
-        (see server.supervisor.drain_ensembles); only model control can unload them."""
+        (see server.supervisor.drain_ensembles; only model control can unload them), then SIGTERM."""
         if self.effective_model_control_mode == "explicit":
             drain_ensembles(self.http_url, {ADMIN_HEADER: self._key}, self._note)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         """End the server's whole process group at once (SIGKILL)."""

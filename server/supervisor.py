@@ -172,7 +172,7 @@ whose config equals the one it serves, so each recovery's override must differ f
 
 ENSEMBLE_DRAIN_S = 20.0
 """How long a stop waits for ensembles to finish their in-flight requests before signalling the
-server (within Kubernetes' default 30 s grace, which the server's own drain shares)."""
+server; the compose file's and the pods' 60 s stop grace covers it and the server's exit timeout."""
 
 RETIRED_GRACE_S = 60.0
 """How long a stub a reload retired may finish its in-flight work before it counts as leaked and is ended."""

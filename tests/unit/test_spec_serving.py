@@ -8,7 +8,7 @@ import pytest
 
 from builder.errors import SpecError
 from builder.spec import EnsembleSpec, PythonModelSpec, load_spec
-from tests.conftest import ROOT, linear_model
+from tests.conftest import ROOT, ensemble_model, linear_model
 
 
 def problems_of(path: Path) -> list[str]:
@@ -31,17 +31,16 @@ def python_model(name: str = "pre", **overrides):
 
 
 def ensemble(name: str = "pipe", **overrides):
-    entry = {
-        "name": name,
-        "kind": "ensemble",
-        "max_batch_size": 8,
-        "inputs": [{"name": "features", "dtype": "TYPE_FP32", "dims": [4]}],
-        "outputs": [{"name": "result", "dtype": "TYPE_FP32", "dims": [4]}],
-        "steps": [
-            {"model": "linear", "inputs": {"x": "features"}, "outputs": {"y": "scores"}},
-            {"model": "widen", "inputs": {"embedding": "scores"}, "outputs": {"normalized": "result"}},
-        ],
-    }
+    steps = [
+        ("linear", {"x": "features"}, {"y": "scores"}),
+        ("widen", {"embedding": "scores"}, {"normalized": "result"}),
+    ]
+    entry = ensemble_model(
+        name,
+        steps,
+        inputs=[{"name": "features", "dtype": "TYPE_FP32", "dims": [4]}],
+        outputs=[{"name": "result", "dtype": "TYPE_FP32", "dims": [4]}],
+    )
     entry.update(overrides)
     return entry
 

@@ -11,7 +11,7 @@ import pytest
 
 from builder.errors import SpecError
 from builder.spec import load_spec
-from tests.conftest import linear_model
+from tests.conftest import ensemble_model, linear_model
 
 
 def spec_problems(write_spec: Callable[..., Path], *models: dict[str, Any]) -> str:
@@ -73,13 +73,8 @@ def test_variant_names_are_model_names(write_spec: Callable[..., Path]) -> None:
 
 
 def test_an_ensemble_can_call_a_variant(write_spec: Callable[..., Path]) -> None:
-    ensemble = {
-        "name": "pipeline",
-        "kind": "ensemble",
-        "max_batch_size": 8,
-        "inputs": [{"name": "x", "dtype": "TYPE_FP32", "dims": [4]}],
-        "outputs": [{"name": "y", "dtype": "TYPE_FP32", "dims": [3]}],
-        "steps": [{"model": "linear_int8", "inputs": {"x": "x"}, "outputs": {"y": "y"}}],
-    }
+    linear = linear_model()
+    steps = [("linear_int8", {"x": "x"}, {"y": "y"})]
+    ensemble = ensemble_model("pipeline", steps, inputs=linear["inputs"], outputs=linear["outputs"])
     spec = load_spec(write_spec(with_variants({"name": "linear_int8", "precision": "int8"}), ensemble))
     assert spec.served_names() == {"linear", "linear_int8", "pipeline"}
