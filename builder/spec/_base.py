@@ -22,9 +22,10 @@ def is_source(text: str) -> bool:
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors and specs are immutable once loaded."""
+    """Unknown keys are errors and specs are immutable once loaded. A field's docstring is its
+    description, which the docs' field reference shows (docs/hooks/spec_fields.py)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 def _dim(value: int) -> int:

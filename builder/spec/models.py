@@ -42,29 +42,43 @@ class VersionSpec(Strict):
     """One version directory of a model; `weights` overrides the model's weights for it."""
 
     version: Annotated[int, Field(ge=1)]
+    """The version directory's number."""
     weights: Path | None = None
+    """A state_dict for this version only; default: the model's `weights`."""
 
 
 class _Served(Strict):
     """What every model has: a name, its tensors, and which versions Triton serves."""
 
     name: ModelName
+    """The Triton model name and the model's directory in the repository."""
     max_batch_size: Annotated[int, Field(ge=0)]
+    """The largest batch Triton forms; 0: the model takes no batch dimension."""
     inputs: tuple[InputSpec, ...]
+    """The model's inputs, in the order `forward()` (or the class) takes them."""
     outputs: tuple[OutputSpec, ...]
+    """The model's outputs, in the order `forward()` returns them."""
     version_policy: VersionPolicy | None = None
+    """Which versions Triton serves; default: all of several versions, else Triton's (the latest one)."""
 
 
 class _Scheduled(_Served):
     """What models that run themselves (not ensembles) add: scheduling, placement and options."""
 
     dynamic_batching: DynamicBatching | None = DynamicBatching()
+    """Triton's dynamic batcher; `null` turns it off. Default: on, with no delay, where the model batches and has no sequence batcher."""
     sequence_batching: SequenceBatching | None = None
+    """The sequence batcher, for stateful models; default: none."""
     instance_group: tuple[InstanceGroup, ...] = (InstanceGroup(),)
+    """How many instances run, and where; default: one, its kind from the build target."""
     response_cache: bool = False
+    """Triton's response cache; not with sequence batching or decoupled models."""
     decoupled: bool = False
+    """Triton's decoupled transaction policy: any number of responses per request."""
     parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    """Backend parameters, rendered as the config's `parameters`."""
     warmup: Warmup = Warmup()
+    """`model_warmup` generated from the inputs."""
 
     @property
     def batcher(self) -> DynamicBatching | None:
@@ -80,16 +94,27 @@ class OnnxModelSpec(_Scheduled):
     """A PyTorch model exported to ONNX and served by the onnxruntime backend."""
 
     kind: Literal["onnx"] = "onnx"
+    """The kind of model: a PyTorch module exported to ONNX."""
     source: Source
+    """`package.module:callable` returning the `torch.nn.Module`, importable from the spec's directory."""
     weights: Path | None = None
+    """A state_dict file (`torch.save(model.state_dict(), path)`), loaded strictly; relative to the spec file."""
     formats: tuple[Literal["onnx"], ...] = ("onnx",)
+    """The formats exported."""
     versions: tuple[VersionSpec, ...] = (VersionSpec(version=1),)
+    """The version directories built: numbers, or `{version, weights}` for per-version weights."""
     opset: Annotated[int, Field(ge=MIN_OPSET, le=MAX_OPSET)] = DEFAULT_OPSET
+    """The ONNX opset of the export."""
     seed: int = 0
+    """Seed of the generated verification inputs."""
     gpu: GpuOptions = GpuOptions()
+    """ONNX Runtime accelerators, rendered for the `gpu` target only."""
     cpu: CpuOptions = CpuOptions()
+    """ONNX Runtime thread counts, rendered on both targets."""
     calibration: CalibrationSpec | None = None
+    """Representative inputs of the reduced-precision variants."""
     variants: tuple[VariantSpec, ...] = ()
+    """Reduced-precision or compiled builds of this model, each served under its own name."""
 
     @field_validator("versions", mode="before")
     @classmethod
@@ -123,13 +148,19 @@ class PythonModelSpec(_Scheduled):
     """
 
     kind: Literal["python"]
+    """The kind of model: a pre/post-processing class on Triton's Python backend."""
     source: Source
+    """`package.module:Class` of the class the generated `model.py` builds."""
     # Generated warmup data (zeros, empty strings) is rarely a valid image or text for a
     # preprocessor, and a failed warmup fails the load: off unless asked for.
     warmup: Warmup = Warmup(when="never")
+    """Off by default: generated warmup data is rarely a valid image or text."""
     options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the class (JSON values)."""
     files: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], Path] = Field(default_factory=dict)
+    """`{name: path}`: copied into the model's version directory and passed to the class as absolute paths."""
     version: Annotated[int, Field(ge=1)] = 1
+    """The version directory's number."""
 
 
 class StepSpec(Strict):
@@ -137,17 +168,24 @@ class StepSpec(Strict):
     ensemble's tensor names (values), as Triton's input_map/output_map do."""
 
     model: ModelName
+    """The model the step runs."""
     version: Annotated[int, Field(ge=-1)] = -1
+    """The model's version; -1: the latest."""
     inputs: dict[str, str]
+    """The step model's input names (keys) mapped to ensemble tensor names (values)."""
     outputs: dict[str, str]
+    """The step model's output names (keys) mapped to ensemble tensor names (values)."""
 
 
 class EnsembleSpec(_Served):
     """A pipeline of models run by Triton's ensemble scheduler, checked as a graph at load."""
 
     kind: Literal["ensemble"]
+    """The kind of model: a pipeline run by Triton's ensemble scheduler."""
     steps: tuple[StepSpec, ...]
+    """The pipeline's steps; each step model's own options schedule it."""
     version: Annotated[int, Field(ge=1)] = 1
+    """The version directory's number."""
 
 
 AnyModelSpec = OnnxModelSpec | PythonModelSpec | EnsembleSpec

@@ -24,8 +24,11 @@ class ShapeRange(Strict):
     """
 
     min: tuple[Annotated[int, Field(ge=1)], ...]
+    """The smallest shape, one value per dim."""
     opt: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+    """The typical shape; default: the midpoint of `min` and `max`."""
     max: tuple[Annotated[int, Field(ge=1)], ...]
+    """The largest shape, one value per dim."""
 
     @property
     def typical(self) -> tuple[int, ...]:
@@ -39,11 +42,17 @@ class InputSpec(Strict):
     """One model input, in Triton's terms: `dims` excludes the batch dimension, -1 is variable."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$")]
+    """The tensor's name in the ONNX graph, the config and requests."""
     dtype: TensorDType
+    """Triton's data type; `TYPE_STRING` only for Python models and ensembles."""
     dims: tuple[Dim, ...]
+    """The shape without the batch dimension; -1 is variable."""
     shape_range: ShapeRange | None = None
+    """Required where `dims` has a -1: the shapes verification, warmup and clients use."""
     value_range: tuple[float, float] | None = None
+    """`[low, high)` of generated test inputs (integers default to `[0, 16)`, floats to a standard normal); for an integer input also the range the clients accept."""
     optional: bool = False
+    """Whether a request may leave the input out."""
 
     @property
     def dynamic_axes(self) -> tuple[int, ...]:
@@ -61,8 +70,14 @@ class OutputSpec(Strict):
     `labels` names a file of class labels (one per line) for Triton's classification extension."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$")]
+    """The tensor's name in the ONNX graph, the config and responses."""
     dtype: TensorDType
+    """Triton's data type; `TYPE_STRING` only for Python models and ensembles."""
     dims: tuple[Dim, ...]
+    """The shape without the batch dimension; -1 is variable."""
     atol: Annotated[float, Field(ge=0)] = 1e-4
+    """Absolute tolerance of the verification against PyTorch."""
     rtol: Annotated[float, Field(ge=0)] = 1e-3
+    """Relative tolerance of the verification against PyTorch."""
     labels: Path | None = None
+    """A text file of class labels, one per line, for Triton's classification extension."""

@@ -41,10 +41,15 @@ class CalibrationSpec(Strict):
     """
 
     data: str
+    """Images (a directory), text (a .txt file, one sample per line), arrays (.npy or .npz), or a `module:callable` returning batches."""
     through: ModelName | None = None
+    """The spec's Python model that turns raw images or text into this model's inputs."""
     samples: Annotated[int, Field(ge=1)] = 64
+    """How many samples calibrate."""
     holdout: Annotated[int, Field(ge=1)] = 64
+    """How many further samples only judge the accuracy gates."""
     batch_size: Annotated[int, Field(ge=1)] = 8
+    """The batch size calibration runs at."""
 
     @property
     def from_callable(self) -> bool:
@@ -60,9 +65,13 @@ class Gate(Strict):
     """
 
     top1_agreement: Fraction = 0.99
+    """The least share of held-out samples on which a classifier output keeps FP32's top-1 class."""
     cosine: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.99
+    """The least mean cosine similarity to FP32 of an output without labels."""
     max_abs_error: PositiveFloat | None = None
+    """An optional budget of the largest absolute error, for every output."""
     mean_abs_error: PositiveFloat | None = None
+    """An optional budget of the mean absolute error, for every output."""
 
 
 class QuantizationOptions(Strict):
@@ -75,18 +84,26 @@ class QuantizationOptions(Strict):
     """
 
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    """The calibration method; the histogram ones (entropy, percentile) need inputs of one shape."""
     per_channel: bool = True
+    """Quantize weights per output channel."""
     reduce_range: bool = True
+    """7-bit weights, for x86 CPUs without VNNI."""
     activations: Literal["uint8", "int8"] = "uint8"
+    """The activations' integer type."""
     exclude: tuple[str, ...] = ()
+    """Node names or op types kept in floating point."""
 
 
 class TensorRTOptions(Strict):
     """Engine build options of a TensorRT variant."""
 
     workspace_bytes: Annotated[int, Field(ge=1 << 20)] = 1 << 30
+    """The builder's workspace memory."""
     optimization_level: Annotated[int, Field(ge=0, le=5)] = 3
+    """TensorRT's builder optimization level."""
     timing_cache: bool = True
+    """Reuse a timing cache per TensorRT version across builds."""
 
 
 class CompileOptions(Strict):
@@ -102,9 +119,13 @@ class CompileOptions(Strict):
     the cache form (an AOTInductor package has no graphs). `auto` uses them where that holds."""
 
     artifact: Literal["auto", "aoti", "inductor_cache"] = "auto"
+    """What is served: an AOTInductor package (`aoti`), Inductor's cache (`inductor_cache`), or the package where this torch loads it (`auto`)."""
     max_autotune: bool = False
+    """Benchmark candidate kernels at build time: a slower build, a faster engine."""
     cuda_graphs: bool | Literal["auto"] = "auto"
+    """(`gpu` target) replay each execution as one CUDA graph; `auto` where every dim but the batch is fixed."""
     inductor: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    """Any other option of `torch._inductor.config`, e.g. `{freezing: true}`."""
 
 
 class VariantSpec(Strict):
@@ -121,11 +142,20 @@ class VariantSpec(Strict):
     """
 
     name: ModelName
+    """The model name the variant is served under."""
     format: Literal["onnx", "tensorrt", "torch_compiled"] = "onnx"
+    """An ONNX file, a TensorRT plan, or the PyTorch model compiled by AOTInductor."""
     precision: Precision
+    """`fp16`/`int8` for `onnx`; `fp32`/`fp16`/`bf16`/`int8` for `tensorrt`; `fp32`/`fp16`/`bf16` for `torch_compiled`."""
     quantization: QuantizationOptions = QuantizationOptions()
+    """Static INT8 quantization options (`onnx`, `int8`)."""
     tensorrt: TensorRTOptions = TensorRTOptions()
+    """Engine build options (`tensorrt`)."""
     compile: CompileOptions = CompileOptions()
+    """Compile options (`torch_compiled`)."""
     gate: Gate = Gate()
+    """The accuracy budget against FP32 PyTorch on the held-out samples."""
     optional: bool = False
+    """Skip the variant, with a warning, where its tools or GPU are missing."""
     targets: Annotated[tuple[Literal["cpu", "gpu"], ...], Field(min_length=1)] = ("cpu", "gpu")
+    """The build targets the variant is built for."""
