@@ -28,6 +28,7 @@ import onnxruntime as ort
 import tritonclient.grpc as grpcclient
 import tritonclient.utils.shared_memory as shm
 from numpy.typing import NDArray
+from tritonclient.utils import np_to_triton_dtype
 
 from server.embedded import EmbeddedTriton, free_port
 
@@ -129,7 +130,12 @@ def feed_for(model: str) -> dict[str, NDArray[Any]]:
 # --- closed loops ---------------------------------------------------------------------------------
 
 
-def _client_process(url: str, model: str, threads: int, seconds: float, use_shm: bool, out: Any) -> None:
+Feed = Callable[[str, int], dict[str, NDArray[Any]]]
+"""(model, client index) -> one request's inputs; picklable (a module-level function), since the
+client processes are spawned."""
+
+
+def _client_process(url: str, model: str, threads: int, seconds: float, use_shm: bool, feed: Feed, out: Any) -> None:
     counts = [0] * threads
     errors = [0] * threads
     deadline = [0.0]
@@ -137,23 +143,22 @@ def _client_process(url: str, model: str, threads: int, seconds: float, use_shm:
 
     def worker(index: int) -> None:
         client = grpcclient.InferenceServerClient(url)
-        feed = payload(model, 1, seed=index)
+        request = feed(model, index)
         inputs, region = [], None
-        for name, array in feed.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT64")
-            inputs.append(tensor)
+        for name, array in request.items():
+            inputs.append(grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype)))
         if use_shm:  # one region per client, registered once: requests carry its name, not bytes
             name = f"bench_{os.getpid()}_{index}"
-            nbytes = sum(a.nbytes for a in feed.values())
+            nbytes = sum(a.nbytes for a in request.values())
             region = shm.create_shared_memory_region(name, f"/{name}", nbytes)
-            shm.set_shared_memory_region(region, list(feed.values()))
+            shm.set_shared_memory_region(region, list(request.values()))
             client.register_system_shared_memory(name, f"/{name}", nbytes)
             offset = 0
-            for tensor, array in zip(inputs, feed.values(), strict=True):
+            for tensor, array in zip(inputs, request.values(), strict=True):
                 tensor.set_shared_memory(name, array.nbytes, offset)
                 offset += array.nbytes
         else:
-            for tensor, array in zip(inputs, feed.values(), strict=True):
+            for tensor, array in zip(inputs, request.values(), strict=True):
                 tensor.set_data_from_numpy(array)
         ready.wait(timeout=300)
         while time.perf_counter() < deadline[0]:
@@ -183,13 +188,27 @@ def _client_process(url: str, model: str, threads: int, seconds: float, use_shm:
     out.put({"requests": sum(counts), "errors": sum(errors), "seconds": elapsed, "cpu_seconds": busy})
 
 
-def drive(url: str, model: str, concurrency: int, seconds: float, use_shm: bool, processes: int) -> dict[str, Any]:
-    """Closed-loop batch-1 requests of `payload` from `processes` processes sharing `concurrency` clients."""
+def random_request(model: str, index: int) -> dict[str, NDArray[Any]]:
+    """The default feed: `payload` of one item, seeded by the client's index."""
+    return payload(model, 1, seed=index)
+
+
+def drive(
+    url: str,
+    model: str,
+    concurrency: int,
+    seconds: float,
+    use_shm: bool,
+    processes: int,
+    feed: Feed = random_request,
+) -> dict[str, Any]:
+    """Closed-loop batch-1 requests (`feed`'s, default `payload`'s) from `processes` processes
+    sharing `concurrency` clients."""
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     workers = [
-        context.Process(target=_client_process, args=(url, model, share, seconds, use_shm, out))
+        context.Process(target=_client_process, args=(url, model, share, seconds, use_shm, feed, out))
         for share in shares
         if share
     ]

@@ -279,7 +279,7 @@ def _build_version(
         staged.mkdir(parents=True)  # Triton wants a version directory, even an empty one
         return "built", f"{len(model.steps)} steps: " + " -> ".join(s.model for s in model.steps)
     if isinstance(model, PythonModelSpec):
-        detail = assemble_python_model(model, spec.path.name, staged)
+        detail = assemble_python_model(model, spec.path.name, staged, target)
         log(f"{model.name} v{version}: assembled")
         return "built", detail
     return _build_onnx_version(

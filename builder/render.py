@@ -80,20 +80,23 @@ def render_config(
     return text
 
 
-def render_python_model(model: PythonModelSpec, spec_file: str, files: dict[str, str]) -> str:
-    """The generated model.py of a Python model: it imports the user's class and serves it.
+def render_python_model(model: PythonModelSpec, spec_file: str, files: dict[str, str], target: Target = "cpu") -> str:
+    """The generated model.py of a Python model: it imports the user's class (the one `target`
+    serves) and serves it.
 
     `files` maps each of the model's files to its name inside the version directory.
     """
-    module, _, attribute = model.source.partition(":")
+    source, options = model.served_on(target)
+    module, _, attribute = source.partition(":")
     view = {
         "spec_file": spec_file,
         "name": model.name,
-        "source": model.source,
+        "source": source,
         "module": module,
         "attribute": attribute,
+        "on_gpu": model.on_gpu(target),
         # Two JSON encodings: the inner one is the data, the outer one makes it a Python string literal.
-        "options_json": json.dumps(json.dumps(model.options, sort_keys=True)),
+        "options_json": json.dumps(json.dumps(options, sort_keys=True)),
         "files_json": json.dumps(json.dumps(files, sort_keys=True)),
     }
     text = _render(PYTHON_MODEL_TEMPLATE, view, model.name)
@@ -261,8 +264,10 @@ def _sequence_batching(sequence: SequenceBatching) -> dict[str, Any]:
 def _instance_group(group: InstanceGroup, model: _Scheduled, target: Target) -> dict[str, Any]:
     if group.kind is not None:
         kind = group.kind
-    elif isinstance(model, PythonModelSpec) or target == "cpu":
-        kind = "KIND_CPU"  # pre/post-processing stays on the CPU even on GPU hosts
+    elif isinstance(model, PythonModelSpec):
+        kind = "KIND_GPU" if model.on_gpu(target) else "KIND_CPU"  # on the CPU unless its `gpu` class serves
+    elif target == "cpu":
+        kind = "KIND_CPU"
     else:
         kind = "KIND_GPU"
     limiter = group.rate_limiter

@@ -10,13 +10,22 @@ from numpy.typing import NDArray
 
 class Fragile:
     """y = 2x, with a bug its author did not foresee: any value over 100 raises a RuntimeError
-    (not a ValueError, so not a declared bad input)."""
+    (not a ValueError, so not a declared bad input). `returns: torch` answers with a torch tensor
+    (handed to Triton by DLPack, as GPU preprocessing does) instead of a numpy array."""
 
-    def __call__(self, inputs: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+    def __init__(self, returns: str = "numpy") -> None:
+        self.returns = returns
+
+    def __call__(self, inputs: dict[str, NDArray[Any]]) -> dict[str, Any]:
         x = inputs["x"]
         if (x > 100).any():
             raise RuntimeError("x over 100 overflows a table")
-        return {"y": (x * 2).astype(np.float32)}
+        y = (x * 2).astype(np.float32)
+        if self.returns == "torch":
+            import torch
+
+            return {"y": torch.from_numpy(y)}
+        return {"y": y}
 
 
 class Slow:

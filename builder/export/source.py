@@ -44,20 +44,25 @@ def instantiate(model: OnnxModelSpec, version: VersionSpec) -> nn.Module:
     return module.eval()
 
 
-def instantiate_processor(model: PythonModelSpec) -> object:
-    """Build a Python model's processor in-process, as its generated model.py will in Triton.
+def instantiate_processor(model: PythonModelSpec, target: str = "cpu") -> object:
+    """Build a Python model's processor in-process, as its generated model.py will in Triton for
+    `target`; the `gpu` class is built on the CPU (`device="cpu"`), which checks its options on
+    any build machine.
 
     Raises:
         SourceError: the class does not import, or its constructor rejects the options or files.
     """
-    label = f"model {model.name!r} (source {model.source!r})"
-    factory = resolve(model.source, label)
-    arguments = {**model.options, **{name: str(path) for name, path in model.files.items()}}
+    source, options = model.served_on(target)
+    label = f"model {model.name!r} (source {source!r})"
+    factory = resolve(source, label)
+    arguments = {**options, **{name: str(path) for name, path in model.files.items()}}
+    if model.on_gpu(target):
+        arguments["device"] = "cpu"
     try:
         return factory(**arguments)
     except Exception as exc:
         raise SourceError(
-            f"{label}: building it with options {sorted(model.options)} and files {sorted(model.files)} raised "
+            f"{label}: building it with options {sorted(options)} and files {sorted(model.files)} raised "
             f"{type(exc).__name__}: {exc}",
             problems=[_last_frame(exc)],
         ) from exc

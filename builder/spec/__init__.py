@@ -18,6 +18,7 @@ from builder.spec.models import (
     EnsembleSpec,
     OnnxModelSpec,
     PythonModelSpec,
+    PythonOnGpu,
     StepSpec,
     VersionSpec,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "OutputSpec",
     "Precision",
     "PythonModelSpec",
+    "PythonOnGpu",
     "QuantizationOptions",
     "QueuePolicy",
     "RateLimiter",

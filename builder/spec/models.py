@@ -30,6 +30,7 @@ __all__ = [
     "EnsembleSpec",
     "OnnxModelSpec",
     "PythonModelSpec",
+    "PythonOnGpu",
     "StepSpec",
     "VersionSpec",
 ]
@@ -138,13 +139,27 @@ class OnnxModelSpec(_Scheduled):
         return next(v for v in self.variants if v.name == name)
 
 
+class PythonOnGpu(Strict):
+    """How a Python model serves on the `gpu` target instead: another class (`source`), built
+    with `options` over the model's own and with `device="cuda:<id>"`, the GPU of its instance
+    (KIND_GPU). It may return GPU tensors (torch's, or any DLPack array): Triton hands them to the
+    next step of an ensemble on the device. The build checks the class by building it with
+    `device="cpu"`."""
+
+    source: Source
+    """`package.module:Class` of the class served on the GPU."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of that class, over the model's `options`."""
+
+
 class PythonModelSpec(_Scheduled):
     """A pre/post-processing model: a user's class served by Triton's Python backend.
 
     `source` names a class; the generated model.py builds it once per instance as
     `Class(**options, **{name: absolute path of file})` and calls it with a whole batch:
     `instance({input name: array}) -> {output name: array}`. A ValueError marks bad input: the
-    batch is then run request by request so only the requests that raise fail.
+    batch is then run request by request so only the requests that raise fail. `gpu` names the
+    class the `gpu` target serves instead (on the CPU by default on both targets).
     """
 
     kind: Literal["python"]
@@ -161,6 +176,18 @@ class PythonModelSpec(_Scheduled):
     """`{name: path}`: copied into the model's version directory and passed to the class as absolute paths."""
     version: Annotated[int, Field(ge=1)] = 1
     """The version directory's number."""
+    gpu: PythonOnGpu | None = None
+    """The class the `gpu` target serves instead, on GPU instances; without it, the model runs on the CPU there too."""
+
+    def on_gpu(self, target: str) -> bool:
+        """Whether `target` serves this model's `gpu` class on GPU instances."""
+        return target == "gpu" and self.gpu is not None
+
+    def served_on(self, target: str) -> tuple[str, dict[str, Any]]:
+        """The class `target` serves and the options it is built with (`device` aside)."""
+        if self.gpu is not None and self.on_gpu(target):
+            return self.gpu.source, {**self.options, **self.gpu.options}
+        return self.source, self.options
 
 
 class StepSpec(Strict):

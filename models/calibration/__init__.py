@@ -69,30 +69,31 @@ _WORDS = [
 ]
 
 
-def scene(rng: np.random.Generator, size: int = 96) -> Image.Image:
-    """One synthetic RGB scene."""
+def scene(rng: np.random.Generator, size: int = 96, height: int | None = None) -> Image.Image:
+    """One synthetic RGB scene, `size` pixels wide and `height` (default: `size`) high."""
+    width, height = size, height or size
     top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-    fade = np.linspace(0.0, 1.0, size)[:, None, None]
-    pixels = (top * (1 - fade) + bottom * fade) * np.ones((1, size, 1))
-    rows, cols = np.mgrid[0:size, 0:size] / size
+    fade = np.linspace(0.0, 1.0, height)[:, None, None]
+    pixels = (top * (1 - fade) + bottom * fade) * np.ones((1, width, 1))
+    rows, cols = np.mgrid[0:height, 0:width] / np.array([height, width])[:, None, None]
     angle, frequency = rng.uniform(0, np.pi), rng.uniform(1, 12)
     wave = np.sin(2 * np.pi * frequency * (cols * np.cos(angle) + rows * np.sin(angle)))[..., None]
     pixels = pixels + wave * rng.uniform(0, 60) * rng.uniform(-1, 1, 3)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(1, 6))):
-        x, y = (int(v) for v in rng.integers(0, size, 2))
-        width, height = (int(v) for v in rng.integers(size // 10, size // 2, 2))
+        x, y = (int(v) for v in rng.integers(0, [width, height]))
+        w, h = (int(v) for v in rng.integers([width // 10, height // 10], [width // 2, height // 2]))
         fill = tuple(int(c) for c in rng.integers(0, 256, 3))
         shape = int(rng.integers(0, 3))
         if shape == 0:
-            draw.ellipse([x, y, x + width, y + height], fill=fill)
+            draw.ellipse([x, y, x + w, y + h], fill=fill)
         elif shape == 1:
-            draw.rectangle([x, y, x + width, y + height], fill=fill)
+            draw.rectangle([x, y, x + w, y + h], fill=fill)
         else:
-            draw.polygon([(x, y + height), (x + width // 2, y), (x + width, y + height)], fill=fill)
+            draw.polygon([(x, y + h), (x + w // 2, y), (x + w, y + h)], fill=fill)
     image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 2))))
-    noise = rng.normal(0, rng.uniform(0, 12), (size, size, 3))
+    noise = rng.normal(0, rng.uniform(0, 12), (height, width, 3))
     return Image.fromarray(np.clip(np.asarray(image) + noise, 0, 255).astype(np.uint8))
 
 

@@ -4,7 +4,8 @@ Shared by every generated Python model and the compiled variants (the builder co
 next to each model.py; it imports nothing from the kit).
 
 Requests whose inputs have equal per-item shapes are concatenated along the batch axis, run in
-one call, and the results split back per request. When the call raises, the group is run again
+one call, and the results split back per request. Results are numpy arrays, or torch (DLPack)
+tensors, which may live on the GPU. When the call raises, the group is run again
 request by request, so only the requests that raise get an error and the others their answer:
 INVALID_ARGUMENT for the `invalid` exceptions (bad input, such as an undecodable image), INTERNAL
 for any other.
@@ -104,11 +105,19 @@ def _run_group(
         tensors = []
         for name in output_names:
             if name in wanted:
-                value = np.asarray(results[name])
+                value = results[name]
                 part = value[offset : offset + size] if batching and len(members) > 1 else value
-                tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(part)))
+                tensors.append(_tensor(name, part))
         responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
         offset += size
+
+
+def _tensor(name: str, value: Any) -> Any:
+    if isinstance(value, np.ndarray) or not hasattr(value, "__dlpack__"):
+        return pb_utils.Tensor(name, np.ascontiguousarray(value))
+    # A torch tensor (or another DLPack array), on the GPU or the CPU: Triton takes it as it is,
+    # so a GPU tensor goes to the next ensemble step without a copy to the host.
+    return pb_utils.Tensor.from_dlpack(name, value.contiguous() if hasattr(value, "contiguous") else value)
 
 
 def _assemble(parts: list[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:

@@ -1,16 +1,19 @@
 """On a GPU host: the example repository built for the gpu target serves its ONNX models on the
 GPU through Triton's C++ onnxruntime backend (CUDA build), and answers as PyTorch does within the spec's
-tolerances (FP32), or as the variant's own file does on the GPU (FP16).
+tolerances (FP32), or as the variant's own file does on the GPU (FP16); its image pipeline decodes
+(nvJPEG) and preprocesses on the GPU and ranks as the CPU pipeline does.
 
 Skipped, with the reason, where ONNX Runtime has no CUDA provider or nvidia-smi lists no GPU.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,9 @@ from builder.pipeline import build_repository
 from builder.spec import OnnxModelSpec, load_spec
 from builder.targets import detect_target
 from builder.variants.onnx_int8_fp16 import run_onnx
-from clients import TritonClient
+from clients import InvalidInput, TritonClient
+from models.calibration import scene
+from models.image_pipeline import STD, GpuImagePreprocess, ImagePreprocess
 from server import EmbeddedTriton
 from tests.conftest import ROOT
 from tests.integration.conftest import make_server
@@ -130,3 +135,79 @@ def test_compiled_variants_serve_on_the_gpu_within_their_gate(
     assert record["compiled"]["mode"] == ("reduce-overhead" if graphs else None)
     form = "AOTInductor package" if record["compiled"]["artifact"] == "aoti" else "compiled from Inductor's cache"
     assert re.search(rf"model '{name}' instance \S+: {form}[^\n]* on cuda:0", gpu_server.log_tail(lines=100_000))
+
+
+# --- the image pipeline on the GPU (image_preprocess's `gpu` class) --------------------------------
+
+
+def photos(count: int, seed: int) -> list[bytes]:
+    """500x375 photo-like JPEGs, as bench/pipeline.py sends."""
+    rng = np.random.default_rng(seed)
+    encoded = []
+    for _ in range(count):
+        buffer = io.BytesIO()
+        scene(rng, 500, 375).save(buffer, "JPEG", quality=90)
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+def cpu_pipeline_top1(repo: Path, images: list[bytes]) -> list[str]:
+    """The first label of each image through the cpu target's preprocessing and the served model's
+    file on the CUDA provider, so only the preprocessing differs from the served pipeline."""
+    pixels = ImagePreprocess()({"image_bytes": np.array(images, dtype=object).reshape(-1, 1)})["image"]
+    (logits,) = run_onnx(repo / "image_classifier" / "1" / "model.onnx", [{"image": pixels}], device="cuda")
+    names = (repo / "image_postprocess" / "1" / "files" / "labels.txt").read_text().splitlines()
+    return [names[i] for i in logits["logits"].argmax(1)]
+
+
+def test_nvjpeg_and_the_gpu_resize_match_the_cpu_path_within_a_level() -> None:
+    images = photos(64, seed=3)
+    encoded = {"image_bytes": np.array(images, dtype=object).reshape(-1, 1)}
+    on_gpu = GpuImagePreprocess(device="cuda:0")(encoded)["image"]
+    assert on_gpu.is_cuda
+    levels = np.abs(on_gpu.cpu().numpy() - ImagePreprocess()(encoded)["image"]) * (STD * 255).reshape(3, 1, 1)
+    print(f"nvJPEG + GPU resize vs Pillow, 64 500x375 JPEGs: mean {levels.mean():.3f} levels, max {levels.max():.2f}")
+    assert levels.mean() < 0.5 and levels.max() <= 4.01
+
+
+def test_the_gpu_pipeline_ranks_as_the_cpu_pipeline(gpu_server: EmbeddedTriton, gpu_repository: Path) -> None:
+    assert "KIND_GPU" in (gpu_repository / "image_preprocess" / "config.pbtxt").read_text()
+    images = photos(64, seed=4)
+    with TritonClient(gpu_server.grpc_url) as client:
+        served = [
+            client.infer("image_classification", {"image_bytes": np.array([[image]], dtype=object)}) for image in images
+        ]
+    answered = [result["labels"][0, 0].decode() for result in served]
+    expected = cpu_pipeline_top1(gpu_repository, images)
+    agreement = sum(a == b for a, b in zip(answered, expected, strict=True)) / len(images)
+    print(f"served GPU pipeline vs CPU preprocessing, top-1 agreement on 64 JPEGs: {agreement:.3f}")
+    assert agreement >= 63 / 64
+
+
+def test_a_bad_file_in_a_gpu_batch_fails_alone_with_the_cpu_paths_error(gpu_server: EmbeddedTriton) -> None:
+    good = photos(3, seed=5)
+    png, cmyk = io.BytesIO(), io.BytesIO()
+    scene(np.random.default_rng(6), 320, 240).save(png, "PNG")
+    scene(np.random.default_rng(7), 320, 240).convert("CMYK").save(cmyk, "JPEG")  # nvJPEG's fallback: Pillow
+    truncated = good[0][: len(good[0]) // 2]
+    items = [*good, png.getvalue(), cmyk.getvalue(), truncated]
+    with pytest.raises(ValueError) as expected_error:
+        ImagePreprocess().decode(truncated)
+
+    def call(image: bytes) -> object:
+        with TritonClient(gpu_server.grpc_url) as client:
+            try:
+                return client.infer("image_classification", {"image_bytes": np.array([[image]], dtype=object)})
+            except InvalidInput as error:
+                return error
+
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:  # together, so the batcher forms one batch
+        results = list(pool.map(call, items))
+    assert isinstance(results[-1], InvalidInput) and str(expected_error.value) in str(results[-1])
+    with TritonClient(gpu_server.grpc_url) as client:
+        alone = [
+            client.infer("image_classification", {"image_bytes": np.array([[i]], dtype=object)}) for i in items[:-1]
+        ]
+    for together, by_itself in zip(results[:-1], alone, strict=True):
+        assert isinstance(together, dict)
+        assert together["labels"][0, 0] == by_itself["labels"][0, 0]

@@ -16,11 +16,15 @@ from tests.integration.conftest import build_entries, make_server
 pytestmark = [pytest.mark.server]
 
 
-def test_an_unexpected_error_fails_only_the_request_that_caused_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("returns", ["numpy", "torch"])
+def test_an_unexpected_error_fails_only_the_request_that_caused_it(tmp_path: Path, returns: str) -> None:
+    """Also with a model that answers with torch tensors: the batch's result is split per request
+    and handed to Triton by DLPack, as the gpu target's preprocessing does with GPU tensors."""
     entry = {
         "name": "fragile",
         "kind": "python",
         "source": "tests.tiny_processors:Fragile",
+        "options": {"returns": returns},
         "max_batch_size": 8,
         "inputs": [{"name": "x", "dtype": "TYPE_FP32", "dims": [2]}],
         "outputs": [{"name": "y", "dtype": "TYPE_FP32", "dims": [2]}],

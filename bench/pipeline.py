@@ -1,0 +1,301 @@
+"""The image_classification pipeline end to end on a GPU host, from JPEG bytes:
+
+- served: the ensemble as the gpu target builds it (image_preprocess's `gpu` class decodes with
+  nvJPEG, resizes and normalizes on the GPU; the batch stays there for image_classifier), closed
+  loops of 16, 64 and 256 gRPC clients, each sending one 500x375 JPEG per request;
+- cpu_decode: the same ensemble with the cpu target's preprocessing (Pillow on the CPU, FP32 copied
+  to the GPU), with its instances as declared and with one per core;
+- in_process: the same pipeline in one process on the same GPU, batch 16: GpuImagePreprocess, then
+  ONNX Runtime's CUDA provider with the batch bound where it lies (IO binding), then
+  ClassifierPostprocess, from 1 and from 4 threads;
+- agreement: top-1 of the GPU pipeline against the CPU pipeline (in process, one CUDA session for
+  both, so only the preprocessing differs; and as served), and the pixels' difference in 8-bit levels;
+- where the time goes: each step's queue and compute per request from the server's statistics
+  (image_classifier's compute_input is the copy of its input: small when it arrives on the GPU),
+  and GPU utilisation sampled by nvidia-smi.
+
+Run on a GPU host with a repository built for the gpu target:
+
+    python3 bench/pipeline.py --repo model_repository --seconds 3 --rounds 3
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import onnxruntime as ort
+import tritonclient.grpc as grpcclient
+from numpy.typing import NDArray
+
+from bench.gpu import GpuSampler, environment
+from bench.harness import (
+    RESULTS,
+    ROOT,
+    arguments,
+    breakdown,
+    drive,
+    embedded,
+    header,
+    session,
+    statistics_of,
+    thread_loop,
+    usable_cores,
+    write,
+)
+from builder.python_model import assemble_python_model
+from builder.render import render_config
+from builder.spec import PythonModelSpec, load_spec
+from models.calibration import scene
+from models.image_pipeline import STD, ClassifierPostprocess, GpuImagePreprocess, ImagePreprocess
+
+PIPELINE = "image_classification"
+STEPS = ("image_preprocess", "image_classifier", "image_postprocess")
+CONCURRENCY = (16, 64, 256)
+IMAGES = ROOT / ".triton" / "bench-images"
+WIDTH, HEIGHT, QUALITY = 500, 375, 90
+BATCH = 16
+
+
+def write_images(count: int, seed: int = 0) -> list[bytes]:
+    """`count` photo-like 500x375 JPEGs (quality 90), generated once from `seed` into .triton/bench-images."""
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    paths = [IMAGES / f"scene_{seed}_{index:04d}.jpg" for index in range(count)]
+    if not all(path.is_file() for path in paths):
+        rng = np.random.default_rng(seed)
+        for path in paths:
+            buffer = io.BytesIO()
+            scene(rng, WIDTH, HEIGHT).save(buffer, "JPEG", quality=QUALITY)
+            path.write_bytes(buffer.getvalue())
+    return [path.read_bytes() for path in paths]
+
+
+def jpeg_request(model: str, index: int) -> dict[str, NDArray[Any]]:
+    """A client's request: one of the benchmark JPEGs, by the client's index (the harness's feed)."""
+    paths = sorted(IMAGES.glob("scene_*.jpg"))
+    return {"image_bytes": np.array([[paths[index % len(paths)].read_bytes()]], dtype=object)}
+
+
+# --- in process ------------------------------------------------------------------------------------
+
+
+class InProcessPipeline:
+    """GPU preprocessing, ONNX Runtime CUDA fed from the device, postprocessing: one call a batch."""
+
+    def __init__(self, repo: Path) -> None:
+        self.preprocess = GpuImagePreprocess(device="cuda:0")
+        self.session = session(repo, "image_classifier", "cuda")
+        self.postprocess = ClassifierPostprocess(labels=str(repo / "image_postprocess" / "1" / "files" / "labels.txt"))
+
+    def logits(self, images: Any) -> NDArray[np.float32]:
+        """The classifier's logits for a batch of FP32 images, a torch tensor on the GPU or an array."""
+        binding = self.session.io_binding()
+        if isinstance(images, np.ndarray):
+            binding.bind_cpu_input("image", images)
+        else:
+            binding.bind_input("image", "cuda", 0, np.float32, list(images.shape), images.data_ptr())
+        binding.bind_output("logits", "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]  # type: ignore[no-any-return]
+
+    def __call__(self, encoded: NDArray[Any]) -> dict[str, NDArray[Any]]:
+        images = self.preprocess({"image_bytes": encoded})["image"]
+        return self.postprocess({"logits": self.logits(images)})
+
+
+def in_process(repo: Path, images: list[bytes], seconds: float) -> dict[str, Any]:
+    pipeline = InProcessPipeline(repo)
+    batches = [np.array(images[i : i + BATCH], dtype=object).reshape(-1, 1) for i in range(0, len(images), BATCH)]
+    batches = [batch for batch in batches if len(batch) == BATCH]
+    for batch in batches[:3]:
+        pipeline(batch)
+    figures: dict[str, Any] = {"batch": BATCH}
+    for threads in (1, 4):
+
+        @contextmanager
+        def caller() -> Iterator[Any]:
+            turn = [0]
+
+            def call() -> None:
+                pipeline(batches[turn[0] % len(batches)])
+                turn[0] += 1
+
+            yield call
+
+        with GpuSampler() as sampler:
+            calls = thread_loop(caller, threads, seconds)
+        figures[f"threads_{threads}"] = {"images_per_s": round(calls * BATCH, 1), **sampler.figures}
+        print(f"in process, {threads} thread(s): {figures[f'threads_{threads}']}", flush=True)
+    return figures
+
+
+def agreement(repo: Path, images: list[bytes]) -> dict[str, Any]:
+    """Top-1 of the GPU preprocessing against the CPU's through one CUDA session, and their pixels."""
+    pipeline = InProcessPipeline(repo)
+    cpu = ImagePreprocess()
+    same, levels, off_by_more = 0, [], 0
+    for start in range(0, len(images), BATCH):
+        encoded = np.array(images[start : start + BATCH], dtype=object).reshape(-1, 1)
+        on_gpu = pipeline.preprocess({"image_bytes": encoded})["image"]
+        on_cpu = cpu({"image_bytes": encoded})["image"]
+        difference = np.abs(on_gpu.cpu().numpy() - on_cpu) * (STD * 255).reshape(3, 1, 1)  # in 8-bit levels
+        levels.append(float(difference.mean()))
+        off_by_more += int((difference > 1.01).sum())
+        same += int((pipeline.logits(on_gpu).argmax(1) == pipeline.logits(on_cpu).argmax(1)).sum())
+    return {
+        "images": len(images),
+        "top1_agreement": round(same / len(images), 4),
+        "mean_difference_levels": round(float(np.mean(levels)), 3),
+        "values_off_by_more_than_one_level": off_by_more,
+    }
+
+
+def cpu_labels(images: list[bytes], repo: Path) -> list[bytes]:
+    """The top-1 label of each image through the CPU pipeline (Pillow, ONNX Runtime CUDA FP32)."""
+    pipeline = InProcessPipeline(repo)
+    cpu = ImagePreprocess()
+    labels: list[bytes] = []
+    for start in range(0, len(images), BATCH):
+        encoded = np.array(images[start : start + BATCH], dtype=object).reshape(-1, 1)
+        scores = pipeline.logits(cpu({"image_bytes": encoded})["image"])
+        labels.extend(pipeline.postprocess({"logits": scores})["labels"][:, 0])
+    return labels
+
+
+# --- served ----------------------------------------------------------------------------------------
+
+
+def cpu_decode_repository(repo: Path, scratch: Path, instances: int | None) -> Path:
+    """The pipeline's four models from `repo`, image_preprocess as the cpu target builds it
+    (`instances` CPU instances, or as declared)."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    for name in (PIPELINE, *STEPS):
+        if name != "image_preprocess":
+            shutil.copytree(repo / name, scratch / name)
+    spec = load_spec(ROOT / "models.yaml")
+    model = next(m for m in spec.models if m.name == "image_preprocess")
+    assert isinstance(model, PythonModelSpec)
+    assemble_python_model(model, "models.yaml", scratch / model.name / "1", "cpu")
+    config = render_config(model, "models.yaml", "cpu")
+    if instances is not None:
+        config = re.sub(r"(  kind: KIND_CPU\n  count: )\d+\n", rf"\g<1>{instances}\n", config)
+    (scratch / model.name / "config.pbtxt").write_text(config)
+    return scratch
+
+
+def served(repo: Path, label: str, seconds: float, rounds: int, processes: int, log: Path) -> dict[str, Any]:
+    """The pipeline under each load point `rounds` times (rounds apart); the median round's figures."""
+    server = embedded(repo, log)
+    server.start(timeout_s=600)
+    runs: dict[int, list[dict[str, Any]]] = {}
+    try:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        for _ in range(rounds):
+            for concurrency in CONCURRENCY:
+                before = {name: statistics_of(client, name) for name in (PIPELINE, *STEPS)}
+                with GpuSampler() as sampler:
+                    load = drive(server.grpc_url, PIPELINE, concurrency, seconds, False, processes, jpeg_request)
+                steps = {name: breakdown(before[name], statistics_of(client, name)) for name in (PIPELINE, *STEPS)}
+                figures = {**load, **sampler.figures, "steps": steps}
+                runs.setdefault(concurrency, []).append(figures)
+                print(f"{label} c{concurrency}: {json.dumps(figures)}", flush=True)
+        client.close()
+    finally:
+        server.stop()
+    results: dict[str, Any] = {}
+    for concurrency, measured in runs.items():
+        ordered = sorted(measured, key=lambda f: f["requests_per_s"])
+        median = ordered[len(ordered) // 2]
+        rates = [f["requests_per_s"] for f in measured]
+        results[f"concurrency_{concurrency}"] = {
+            **median,
+            "rounds_requests_per_s": rates,
+            "spread": round((max(rates) - min(rates)) / median["requests_per_s"], 3)
+            if median["requests_per_s"]
+            else None,
+        }
+    return results
+
+
+def served_labels(repo: Path, images: list[bytes], log: Path) -> list[bytes]:
+    """The top-1 label the served GPU pipeline answers for each image."""
+    with embedded(repo, log) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        labels = []
+        for image in images:
+            tensor = grpcclient.InferInput("image_bytes", [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[image]], dtype=object))
+            result = client.infer(PIPELINE, [tensor], outputs=[grpcclient.InferRequestedOutput("labels")])
+            labels.append(result.as_numpy("labels")[0, 0])
+        client.close()
+    return labels
+
+
+def main() -> None:
+    parser = arguments(__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per served load point")
+    parser.add_argument("--rounds", type=int, default=3, help="of each served load point; the median is kept")
+    parser.add_argument("--processes", type=int, default=max(2, usable_cores() // 2), help="client processes")
+    parser.add_argument("--images", type=int, default=512, help="distinct JPEGs (agreement is judged on all)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "pipeline.json")
+    args = parser.parse_args()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        sys.exit(f"error: onnxruntime {ort.__version__} has no CUDA provider; run on a GPU host after `make venv`")
+    if "KIND_GPU" not in (args.repo / "image_preprocess" / "config.pbtxt").read_text():
+        sys.exit(
+            f"error: {args.repo}'s image_preprocess is not the gpu target's; run `make build-repo` on the GPU host"
+        )
+    ort.preload_dlls()
+    images = write_images(args.images)
+    record: dict[str, Any] = {
+        **header("pipeline"),
+        **environment(),
+        "command": "python3 bench/pipeline.py " + " ".join(sys.argv[1:]),
+        "images": {
+            "count": len(images),
+            "size": f"{WIDTH}x{HEIGHT}",
+            "jpeg_quality": QUALITY,
+            "mean_kb": round(sum(map(len, images)) / len(images) / 1000, 1),
+        },
+    }
+    print(json.dumps(record, indent=2), flush=True)
+    record["agreement"] = agreement(args.repo, images)
+    print(f"agreement: {record['agreement']}", flush=True)
+    record["in_process"] = in_process(args.repo, images, args.seconds)
+    log = args.out.with_suffix(".server.log")
+    log.unlink(missing_ok=True)
+    expected = cpu_labels(images[:128], args.repo)
+    answered = served_labels(args.repo, images[:128], log)
+    record["agreement"]["served_top1_agreement_with_cpu_pipeline"] = round(
+        sum(a == b for a, b in zip(answered, expected, strict=True)) / len(expected), 4
+    )
+    scratch = ROOT / ".triton"
+    record["served"] = {"gpu_decode": served(args.repo, "gpu_decode", args.seconds, args.rounds, args.processes, log)}
+    for label, instances in (("cpu_decode_as_declared", None), ("cpu_decode_one_instance_per_core", usable_cores())):
+        repo = cpu_decode_repository(args.repo, scratch / f"bench-repo-{label}", instances)
+        record["served"][label] = served(repo, label, args.seconds, args.rounds, args.processes, log)
+    best_in_process = max(record["in_process"][f"threads_{t}"]["images_per_s"] for t in (1, 4))
+    gpu_c256 = record["served"]["gpu_decode"]["concurrency_256"]["requests_per_s"]
+    cpu_c256 = max(
+        record["served"][k]["concurrency_256"]["requests_per_s"] for k in record["served"] if k != "gpu_decode"
+    )
+    record["ratios"] = {
+        "served_c256_to_in_process": round(gpu_c256 / best_in_process, 2),
+        "gpu_decode_c256_to_best_cpu_decode_c256": round(gpu_c256 / cpu_c256, 2),
+    }
+    write(record, args.out)
+    print(json.dumps(record["ratios"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
