@@ -25,7 +25,7 @@ REQUIREMENTS := $(if $(filter gpu,$(RUNTIME)),requirements-gpu.txt,requirements.
 DEPS_HASH := $(shell cat pyproject.toml $(REQUIREMENTS) | sha256sum | cut -c1-16)
 VENV_STAMP := $(VENV)/.deps-$(RUNTIME)-$(DEPS_HASH)
 
-.PHONY: help venv backend compat build-repo check-repo serve loadtest tune image k8s-manifests deploy-check test test-system test-durations coverage lint format lock clean
+.PHONY: help venv backend compat build-repo check-repo serve loadtest tune image k8s-manifests deploy-check test test-system test-durations coverage lint format docs docs-serve lock clean
 
 help: ## list the targets
 	@echo "usage: make <target> [VAR=value]"
@@ -132,6 +132,16 @@ format: venv ## apply ruff's fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
+# Material's banner about its own end of life is no warning about these docs: off, so that any
+# line the build prints is one.
+docs docs-serve: export NO_MKDOCS_2_WARNING := 1
+docs: venv ## build the docs site into site/ (mkdocs --strict: a broken link or reference, or a failing generated table, fails it)
+	$(PY) -m mkdocs build --strict
+
+DOCS_PORT ?= 8008
+docs-serve: venv ## serve the docs site on 127.0.0.1:$(DOCS_PORT), rebuilt as pages change
+	$(PY) -m mkdocs serve --strict --dev-addr 127.0.0.1:$(DOCS_PORT)
+
 lock: ## re-resolve requirements.lock from the pins in pyproject.toml
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	$(PYTHON) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))' > .lock-venv/requirements.in
@@ -140,5 +150,5 @@ lock: ## re-resolve requirements.lock from the pins in pyproject.toml
 	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
 clean: ## remove the virtualenv, build workspace and caches (model_repository/ stays)
-	rm -rf $(VENV) $(COMPAT_VENV) .compat .$(notdir $(REPO)).build .triton .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(COMPAT_VENV) site .compat .$(notdir $(REPO)).build .triton .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

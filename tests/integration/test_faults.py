@@ -75,7 +75,7 @@ def test_a_backend_process_killed_twice_in_a_row_costs_no_request_of_a_retrying_
         shutil.copytree(request.getfixturevalue("example_repository") / model, repo / model)
     server = make_server(repo, tmp_path)
     # A stub killed with requests in it keeps its model generation alive for good (Triton 2.51's
-    # Python backend, see the README): the stop then waits out the whole exit timeout.
+    # Python backend, see docs/reliability.md): the stop then waits out the whole exit timeout.
     server.exit_timeout_s = 5
     server.start(timeout_s=240)
     regions = stub_regions(server.pid or 0)  # this server's, not those of servers beside it

@@ -1,6 +1,6 @@
 """The kit installed as a package: its commands run from any directory, its wheel carries what the
 commands need, and a service outside the repository gets the client alone with one pip command.
-The README's client example runs as written against a served repository."""
+(The README's and the docs' examples run in tests/integration/test_docs_examples.py.)"""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from server import EmbeddedTriton
 from tests.conftest import ROOT, free_port
@@ -118,17 +117,6 @@ def test_a_service_installs_the_client_alone_and_calls_the_server(triton: Embedd
         TRITON_GRPC_PORT=port,
     )
     assert cli.returncode == 0 and '"ready": true' in cli.stdout, cli.stderr
-
-
-def test_the_readme_client_example_runs_as_written(triton: EmbeddedTriton, tmp_path: Path) -> None:
-    readme = (ROOT / "README.md").read_text()
-    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    assert "from clients import TritonClient, server_url" in example and "photo.jpg" in example
-    Image.new("RGB", (320, 240), (200, 120, 40)).save(tmp_path / "photo.jpg")
-    host, port = triton.grpc_url.rsplit(":", 1)
-    result = run([sys.executable, "-c", example], cwd=tmp_path, TRITON_HOST=host, TRITON_GRPC_PORT=port)
-    assert result.returncode == 0, result.stderr
-    assert "class_" in result.stdout  # the top-5 labels it prints
 
 
 @pytest.mark.skipif(Path("/dev/nvidiactl").exists(), reason="a GPU host: the server logs no CUDA errors to explain")

@@ -160,8 +160,8 @@ def test_compose_renders_grafanas_start_up_check_as_the_python_interpolation_doe
     assert rendered["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == ours["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
 
 
-def test_the_readme_says_what_each_profile_needs_from_the_environment() -> None:
-    lines = (ROOT / "README.md").read_text().split("## Deploy", 1)[1].splitlines()
+def test_the_docs_say_what_each_profile_needs_from_the_environment() -> None:
+    lines = (ROOT / "docs/compose.md").read_text().split("## What each profile needs", 1)[1].splitlines()
     start = lines.index("| profile | required | optional (default) |") + 2
     rows = {}
     for row in itertools.takewhile(lambda line: line.startswith("|"), lines[start:]):
