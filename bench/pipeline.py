@@ -175,13 +175,16 @@ def cpu_labels(images: list[bytes], repo: Path) -> list[bytes]:
 # --- served ----------------------------------------------------------------------------------------
 
 
-def cpu_decode_repository(repo: Path, scratch: Path, instances: int | None) -> Path:
-    """The pipeline's four models from `repo`, image_preprocess as the cpu target builds it
-    (`instances` CPU instances, or as declared)."""
+def pipeline_repository(repo: Path, scratch: Path, cpu_decode: bool, instances: int | None = None) -> Path:
+    """The pipeline's four models from `repo` alone (nothing else loads on the GPU beside them);
+    with `cpu_decode`, image_preprocess as the cpu target builds it (`instances` CPU instances,
+    or as declared)."""
     shutil.rmtree(scratch, ignore_errors=True)
     for name in (PIPELINE, *STEPS):
-        if name != "image_preprocess":
+        if name != "image_preprocess" or not cpu_decode:
             shutil.copytree(repo / name, scratch / name)
+    if not cpu_decode:
+        return scratch
     spec = load_spec(ROOT / "models.yaml")
     model = next(m for m in spec.models if m.name == "image_preprocess")
     assert isinstance(model, PythonModelSpec)
@@ -275,14 +278,15 @@ def main() -> None:
     log = args.out.with_suffix(".server.log")
     log.unlink(missing_ok=True)
     expected = cpu_labels(images[:128], args.repo)
-    answered = served_labels(args.repo, images[:128], log)
+    scratch = ROOT / ".triton"
+    gpu_repo = pipeline_repository(args.repo, scratch / "bench-repo-gpu_decode", cpu_decode=False)
+    answered = served_labels(gpu_repo, images[:128], log)
     record["agreement"]["served_top1_agreement_with_cpu_pipeline"] = round(
         sum(a == b for a, b in zip(answered, expected, strict=True)) / len(expected), 4
     )
-    scratch = ROOT / ".triton"
-    record["served"] = {"gpu_decode": served(args.repo, "gpu_decode", args.seconds, args.rounds, args.processes, log)}
+    record["served"] = {"gpu_decode": served(gpu_repo, "gpu_decode", args.seconds, args.rounds, args.processes, log)}
     for label, instances in (("cpu_decode_as_declared", None), ("cpu_decode_one_instance_per_core", usable_cores())):
-        repo = cpu_decode_repository(args.repo, scratch / f"bench-repo-{label}", instances)
+        repo = pipeline_repository(args.repo, scratch / f"bench-repo-{label}", cpu_decode=True, instances=instances)
         record["served"][label] = served(repo, label, args.seconds, args.rounds, args.processes, log)
     best_in_process = max(record["in_process"][f"threads_{t}"]["images_per_s"] for t in (1, 4))
     gpu_c256 = record["served"]["gpu_decode"]["concurrency_256"]["requests_per_s"]
