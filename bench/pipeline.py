@@ -26,7 +26,7 @@ import json
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -196,13 +196,22 @@ def pipeline_repository(repo: Path, scratch: Path, cpu_decode: bool, instances: 
     return scratch
 
 
-def served(repo: Path, label: str, seconds: float, rounds: int, processes: int, log: Path) -> dict[str, Any]:
-    """The pipeline under each load point `rounds` times (rounds apart); the median round's figures."""
+def served(
+    repo: Path, label: str, seconds: float, rounds: int, processes: int, log: Path, check: Sequence[bytes] = ()
+) -> tuple[dict[str, Any], list[bytes]]:
+    """The pipeline under each load point `rounds` times (rounds apart): the median round's
+    figures; and, first, the top-1 label it answers for each image of `check`."""
     server = embedded(repo, log)
     server.start(timeout_s=600)
     runs: dict[int, list[dict[str, Any]]] = {}
     try:
         client = grpcclient.InferenceServerClient(server.grpc_url)
+        labels = []
+        for image in check:
+            tensor = grpcclient.InferInput("image_bytes", [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[image]], dtype=object))
+            result = client.infer(PIPELINE, [tensor], outputs=[grpcclient.InferRequestedOutput("labels")])
+            labels.append(result.as_numpy("labels")[0, 0])
         for _ in range(rounds):
             for concurrency in CONCURRENCY:
                 before = {name: statistics_of(client, name) for name in (PIPELINE, *STEPS)}
@@ -227,21 +236,7 @@ def served(repo: Path, label: str, seconds: float, rounds: int, processes: int, 
             if median["requests_per_s"]
             else None,
         }
-    return results
-
-
-def served_labels(repo: Path, images: list[bytes], log: Path) -> list[bytes]:
-    """The top-1 label the served GPU pipeline answers for each image."""
-    with embedded(repo, log) as server:
-        client = grpcclient.InferenceServerClient(server.grpc_url)
-        labels = []
-        for image in images:
-            tensor = grpcclient.InferInput("image_bytes", [1, 1], "BYTES")
-            tensor.set_data_from_numpy(np.array([[image]], dtype=object))
-            result = client.infer(PIPELINE, [tensor], outputs=[grpcclient.InferRequestedOutput("labels")])
-            labels.append(result.as_numpy("labels")[0, 0])
-        client.close()
-    return labels
+    return results, labels
 
 
 def main() -> None:
@@ -281,16 +276,16 @@ def main() -> None:
     expected = cpu_labels(images[:128], args.repo)
     scratch = ROOT / ".triton"
     gpu_repo = pipeline_repository(args.repo, scratch / "bench-repo-gpu_decode", cpu_decode=False)
-    answered = served_labels(gpu_repo, images[:128], log)
+    on_gpu, answered = served(gpu_repo, "gpu_decode", args.seconds, args.rounds, args.processes, log, images[:128])
+    record["served"] = {"gpu_decode": on_gpu}
     record["agreement"]["served_top1_agreement_with_cpu_pipeline"] = round(
         sum(a == b for a, b in zip(answered, expected, strict=True)) / len(expected), 4
     )
-    record["served"] = {"gpu_decode": served(gpu_repo, "gpu_decode", args.seconds, args.rounds, args.processes, log)}
     write(record, args.out)  # what is measured so far survives a run cut short
     # Pillow's decode is the CPU path's bound: one instance per core is its best on this host.
     label = "cpu_decode_one_instance_per_core"
     repo = pipeline_repository(args.repo, scratch / f"bench-repo-{label}", cpu_decode=True, instances=usable_cores())
-    record["served"][label] = served(repo, label, args.seconds, args.rounds, args.processes, log)
+    record["served"][label] = served(repo, label, args.seconds, args.rounds, args.processes, log)[0]
     best_in_process = max(record["in_process"][f"threads_{t}"]["images_per_s"] for t in (1, 4))
     gpu_c256 = record["served"]["gpu_decode"]["concurrency_256"]["requests_per_s"]
     cpu_c256 = max(
