@@ -52,6 +52,7 @@ from bench.harness import (
     embedded,
     header,
     machine,
+    median_round,
     payload,
     run_bound,
     session,
@@ -119,16 +120,7 @@ def served(server: EmbeddedTriton, seconds: float, processes: int, rounds: int) 
     client.close()
     results: dict[str, Any] = {}
     for (model, mode, concurrency), rounds_run in runs.items():
-        ordered = sorted(rounds_run, key=lambda f: f["requests_per_s"])
-        median = ordered[len(ordered) // 2]
-        rates = [f["requests_per_s"] for f in rounds_run]
-        results.setdefault(model, {}).setdefault(mode, {})[f"concurrency_{concurrency}"] = {
-            **median,
-            "rounds_requests_per_s": rates,
-            "spread": round((max(rates) - min(rates)) / median["requests_per_s"], 3)
-            if median["requests_per_s"]
-            else None,
-        }
+        results.setdefault(model, {}).setdefault(mode, {})[f"concurrency_{concurrency}"] = median_round(rounds_run)
     return results
 
 

@@ -246,6 +246,15 @@ def thread_loop(caller: Callable[[], AbstractContextManager[Callable[[], Any]]],
     return sum(counts) / seconds
 
 
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of the round with the median `requests_per_s`, with every round's rate and
+    their spread (range over median): the shared hosts drift between rounds."""
+    median = sorted(rounds, key=lambda f: f["requests_per_s"])[len(rounds) // 2]
+    rates = [f["requests_per_s"] for f in rounds]
+    spread = round((max(rates) - min(rates)) / median["requests_per_s"], 3) if median["requests_per_s"] else None
+    return {**median, "rounds_requests_per_s": rates, "spread": spread}
+
+
 # --- what the server says -----------------------------------------------------------------------
 
 

@@ -47,6 +47,7 @@ from bench.harness import (
     drive,
     embedded,
     header,
+    median_round,
     session,
     statistics_of,
     thread_loop,
@@ -224,18 +225,7 @@ def served(
         client.close()
     finally:
         server.stop()
-    results: dict[str, Any] = {}
-    for concurrency, measured in runs.items():
-        ordered = sorted(measured, key=lambda f: f["requests_per_s"])
-        median = ordered[len(ordered) // 2]
-        rates = [f["requests_per_s"] for f in measured]
-        results[f"concurrency_{concurrency}"] = {
-            **median,
-            "rounds_requests_per_s": rates,
-            "spread": round((max(rates) - min(rates)) / median["requests_per_s"], 3)
-            if median["requests_per_s"]
-            else None,
-        }
+    results = {f"concurrency_{concurrency}": median_round(measured) for concurrency, measured in runs.items()}
     return results, labels
 
 
