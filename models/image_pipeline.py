@@ -81,7 +81,8 @@ class GpuImagePreprocess(ImagePreprocess):
     CPU, so a damaged file gets the CPU path's error. On a CPU device (tests) Pillow decodes all.
 
     The resize is bilinear with antialiasing, as Pillow's, and rounded to 8 bits as Pillow's
-    output is: the two paths differ by JPEG decoders' rounding (tests/unit/test_image_gpu.py).
+    output is: the two paths differ by the resize's rounding (at most one level,
+    tests/unit/test_image_preprocess_gpu.py) and, on GPUs, by the decoders' chroma upsampling.
     """
 
     def __init__(self, size: int = 224, max_pixels: int = 40_000_000, device: str = "cuda") -> None:
@@ -110,13 +111,13 @@ class GpuImagePreprocess(ImagePreprocess):
                 pixels[index] = self._decoded_by_pillow(image)
         if jpegs:
             for index, decoded in zip(jpegs, self._decode_on_device([items[i] for i in jpegs]), strict=True):
-                pixels[index] = decoded if decoded is not None else self.pillow(items[index])
+                pixels[index] = decoded if decoded is not None else self._pillow(items[index])
         batch = self.resize_and_normalize(pixels)
         if self.device.type == "cuda":
             self.torch.cuda.current_stream(self.device).synchronize()  # the next step reads it from another process
         return {"image": batch}
 
-    def pillow(self, data: bytes) -> Any:
+    def _pillow(self, data: bytes) -> Any:
         """One image decoded by Pillow -> uint8 [3, height, width] on the device."""
         with self.opened(data) as image:
             return self._decoded_by_pillow(image)
