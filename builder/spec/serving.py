@@ -109,7 +109,8 @@ class RateLimiter(Strict):
 
 class InstanceGroup(Strict):
     """How many copies of the model run, and where. Without `kind`, the build target decides:
-    KIND_GPU for `gpu`, KIND_CPU for `cpu` (Python models run on the CPU on both)."""
+    KIND_GPU for `gpu`, KIND_CPU for `cpu` (Python models run on the CPU on both, but for a
+    `gpu` class on the `gpu` target)."""
 
     kind: Literal["KIND_CPU", "KIND_GPU", "KIND_AUTO"] | None = None
     """Where the instances run; default: from the build target."""
