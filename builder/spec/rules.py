@@ -227,3 +227,14 @@ def _python_problems(model: PythonModelSpec) -> Iterator[str]:
     for name, path in model.files.items():
         if not path.is_file():
             yield f"files.{name} = {str(path)!r}: file not found"
+    if model.gpu is not None:
+        try:
+            json.dumps(model.gpu.options)
+        except (TypeError, ValueError) as exc:
+            yield f"gpu.options: not representable as JSON ({exc}); use strings, numbers, booleans, lists and mappings"
+        for i, group in enumerate(model.instance_group):
+            if group.kind not in (None, "KIND_GPU"):
+                yield (
+                    f"instance_group[{i}].kind = {group.kind!r}: the `gpu` class runs on KIND_GPU instances on the gpu "
+                    "target; leave kind out (each target decides) or remove `gpu:`"
+                )

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from builder.errors import SpecError
 from builder.render import render_config, render_python_model
 from builder.spec import PythonModelSpec, load_spec
 from models.calibration import scene
@@ -119,3 +120,21 @@ def test_the_build_checks_the_gpu_class_with_its_options(tmp_path: Path) -> None
     with pytest.raises(SourceError, match=r"GpuImagePreprocess.*sizes"):
         assemble_python_model(broken, "models.yaml", tmp_path / "1", "gpu")
     assert not (tmp_path / "1").exists()
+
+
+def test_a_gpu_class_on_instances_pinned_to_the_cpu_is_a_spec_error(write_spec) -> None:
+    entry = {
+        "name": "preprocess",
+        "kind": "python",
+        "source": "models.image_pipeline:ImagePreprocess",
+        "gpu": {"source": "models.image_pipeline:GpuImagePreprocess"},
+        "instance_group": [{"kind": "KIND_GPU"}, {"kind": "KIND_CPU", "count": 2}],
+        "max_batch_size": 4,
+        "inputs": [{"name": "image_bytes", "dtype": "TYPE_STRING", "dims": [1]}],
+        "outputs": [{"name": "image", "dtype": "TYPE_FP32", "dims": [3, 224, 224]}],
+    }
+    with pytest.raises(SpecError) as caught:
+        load_spec(write_spec(entry))
+    (problem,) = caught.value.problems
+    assert "model 'preprocess'" in problem and "instance_group[1].kind = 'KIND_CPU'" in problem
+    assert "leave kind out" in problem
