@@ -21,7 +21,6 @@ Run on a GPU host with a repository built for the gpu target:
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
@@ -57,7 +56,7 @@ from bench.harness import (
 from builder.python_model import assemble_python_model
 from builder.render import render_config
 from builder.spec import PythonModelSpec, load_spec
-from models.calibration import scene
+from models.calibration import jpeg
 from models.image_pipeline import STD, ClassifierPostprocess, GpuImagePreprocess, ImagePreprocess
 
 PIPELINE = "image_classification"
@@ -75,9 +74,7 @@ def write_images(count: int, seed: int = 0) -> list[bytes]:
     if not all(path.is_file() for path in paths):
         rng = np.random.default_rng(seed)
         for path in paths:
-            buffer = io.BytesIO()
-            scene(rng, WIDTH, HEIGHT).save(buffer, "JPEG", quality=QUALITY)
-            path.write_bytes(buffer.getvalue())
+            path.write_bytes(jpeg(rng, WIDTH, HEIGHT, QUALITY))
     return [path.read_bytes() for path in paths]
 
 

@@ -97,6 +97,13 @@ def scene(rng: np.random.Generator, size: int = 96, height: int | None = None) -
     return Image.fromarray(np.clip(np.asarray(image) + noise, 0, 255).astype(np.uint8))
 
 
+def jpeg(rng: np.random.Generator, size: int = 96, height: int | None = None, quality: int = 90) -> bytes:
+    """One `scene`, encoded as a JPEG."""
+    buffer = io.BytesIO()
+    scene(rng, size, height).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 def sentence(rng: np.random.Generator) -> str:
     """One line of 3 to 60 words."""
     words = rng.choice(_WORDS, size=int(rng.integers(3, 61)))
@@ -111,7 +118,5 @@ def write(directory: Path = HERE, images: int = 192, sentences: int = 192, seed:
     for old in image_dir.glob("*.jpg"):
         old.unlink()
     for index in range(images):
-        buffer = io.BytesIO()
-        scene(rng).save(buffer, "JPEG", quality=90)
-        (image_dir / f"scene_{index:04d}.jpg").write_bytes(buffer.getvalue())
+        (image_dir / f"scene_{index:04d}.jpg").write_bytes(jpeg(rng))
     (directory / "sentences.txt").write_text("\n".join(sentence(rng) for _ in range(sentences)) + "\n")

@@ -27,7 +27,7 @@ from builder.spec import OnnxModelSpec, load_spec
 from builder.targets import detect_target
 from builder.variants.onnx_int8_fp16 import run_onnx
 from clients import InvalidInput, TritonClient
-from models.calibration import scene
+from models.calibration import jpeg, scene
 from models.image_pipeline import STD, GpuImagePreprocess, ImagePreprocess
 from server import EmbeddedTriton
 from tests.conftest import ROOT
@@ -143,12 +143,7 @@ def test_compiled_variants_serve_on_the_gpu_within_their_gate(
 def photos(count: int, seed: int) -> list[bytes]:
     """500x375 photo-like JPEGs, as bench/pipeline.py sends."""
     rng = np.random.default_rng(seed)
-    encoded = []
-    for _ in range(count):
-        buffer = io.BytesIO()
-        scene(rng, 500, 375).save(buffer, "JPEG", quality=90)
-        encoded.append(buffer.getvalue())
-    return encoded
+    return [jpeg(rng, 500, 375) for _ in range(count)]
 
 
 def cpu_pipeline_top1(repo: Path, images: list[bytes]) -> list[str]:

@@ -16,7 +16,7 @@ from PIL import Image
 from builder.errors import SpecError
 from builder.render import render_config, render_python_model
 from builder.spec import PythonModelSpec, load_spec
-from models.calibration import scene
+from models.calibration import jpeg, scene
 from models.image_classifier import build
 from models.image_pipeline import STD, GpuImagePreprocess, ImagePreprocess
 from tests.conftest import ROOT
@@ -29,12 +29,7 @@ def levels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def jpegs(count: int, width: int, height: int, seed: int) -> list[bytes]:
     rng = np.random.default_rng(seed)
-    encoded = []
-    for _ in range(count):
-        buffer = io.BytesIO()
-        scene(rng, width, height).save(buffer, "JPEG", quality=90)
-        encoded.append(buffer.getvalue())
-    return encoded
+    return [jpeg(rng, width, height) for _ in range(count)]
 
 
 def batch(items: list[bytes]) -> dict[str, np.ndarray]:
