@@ -111,10 +111,13 @@ class InProcessPipeline:
         return self.postprocess({"logits": self.logits(images)})
 
 
-def in_process(repo: Path, images: list[bytes], seconds: float) -> dict[str, Any]:
-    pipeline = InProcessPipeline(repo)
-    batches = [np.array(images[i : i + BATCH], dtype=object).reshape(-1, 1) for i in range(0, len(images), BATCH)]
-    batches = [batch for batch in batches if len(batch) == BATCH]
+def batches_of(images: list[bytes]) -> list[NDArray[Any]]:
+    """The images as the pipeline's requests of BATCH (the last one may be short), [n, 1] bytes each."""
+    return [np.array(images[i : i + BATCH], dtype=object).reshape(-1, 1) for i in range(0, len(images), BATCH)]
+
+
+def in_process(pipeline: InProcessPipeline, images: list[bytes], seconds: float) -> dict[str, Any]:
+    batches = [batch for batch in batches_of(images) if len(batch) == BATCH]
     for batch in batches[:3]:
         pipeline(batch)
     figures: dict[str, Any] = {"batch": BATCH}
@@ -137,37 +140,28 @@ def in_process(repo: Path, images: list[bytes], seconds: float) -> dict[str, Any
     return figures
 
 
-def agreement(repo: Path, images: list[bytes]) -> dict[str, Any]:
-    """Top-1 of the GPU preprocessing against the CPU's through one CUDA session, and their pixels."""
-    pipeline = InProcessPipeline(repo)
+def agreement(pipeline: InProcessPipeline, images: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
+    """Top-1 of the GPU preprocessing against the CPU's through one CUDA session, and their
+    pixels; and the CPU pipeline's top-1 label of each image (Pillow, ONNX Runtime CUDA FP32)."""
     cpu = ImagePreprocess()
     same, levels, off_by_more = 0, [], 0
-    for start in range(0, len(images), BATCH):
-        encoded = np.array(images[start : start + BATCH], dtype=object).reshape(-1, 1)
+    labels: list[bytes] = []
+    for encoded in batches_of(images):
         on_gpu = pipeline.preprocess({"image_bytes": encoded})["image"]
         on_cpu = cpu({"image_bytes": encoded})["image"]
         difference = np.abs(on_gpu.cpu().numpy() - on_cpu) * (STD * 255).reshape(3, 1, 1)  # in 8-bit levels
         levels.append(float(difference.mean()))
         off_by_more += int((difference > 1.01).sum())
-        same += int((pipeline.logits(on_gpu).argmax(1) == pipeline.logits(on_cpu).argmax(1)).sum())
-    return {
+        cpu_logits = pipeline.logits(on_cpu)
+        same += int((pipeline.logits(on_gpu).argmax(1) == cpu_logits.argmax(1)).sum())
+        labels.extend(pipeline.postprocess({"logits": cpu_logits})["labels"][:, 0])
+    figures = {
         "images": len(images),
         "top1_agreement": round(same / len(images), 4),
         "mean_difference_levels": round(float(np.mean(levels)), 3),
         "values_off_by_more_than_one_level": off_by_more,
     }
-
-
-def cpu_labels(images: list[bytes], repo: Path) -> list[bytes]:
-    """The top-1 label of each image through the CPU pipeline (Pillow, ONNX Runtime CUDA FP32)."""
-    pipeline = InProcessPipeline(repo)
-    cpu = ImagePreprocess()
-    labels: list[bytes] = []
-    for start in range(0, len(images), BATCH):
-        encoded = np.array(images[start : start + BATCH], dtype=object).reshape(-1, 1)
-        scores = pipeline.logits(cpu({"image_bytes": encoded})["image"])
-        labels.extend(pipeline.postprocess({"logits": scores})["labels"][:, 0])
-    return labels
+    return figures, labels
 
 
 # --- served ----------------------------------------------------------------------------------------
@@ -254,13 +248,14 @@ def main() -> None:
         },
     }
     print(json.dumps(record, indent=2), flush=True)
-    record["agreement"] = agreement(args.repo, images)
+    pipeline = InProcessPipeline(args.repo)
+    record["agreement"], cpu_top1 = agreement(pipeline, images)
     print(f"agreement: {record['agreement']}", flush=True)
-    record["in_process"] = in_process(args.repo, images, args.seconds)
+    record["in_process"] = in_process(pipeline, images, args.seconds)
     write(record, args.out)
     log = args.out.with_suffix(".server.log")
     log.unlink(missing_ok=True)
-    expected = cpu_labels(images[:128], args.repo)
+    expected = cpu_top1[:128]
     scratch = ROOT / ".triton"
     gpu_repo = pipeline_repository(args.repo, scratch / "bench-repo-gpu_decode", cpu_decode=False)
     on_gpu, answered = served(gpu_repo, "gpu_decode", args.seconds, args.rounds, args.processes, log, images[:128])
