@@ -119,6 +119,9 @@ def build_repository(
         with _importable(spec.path.parent), Workspace(repository) as workspace:
             for model in spec.models:
                 failures.extend(_build_model(spec, model, workspace, force, target, summary, log))
+            for ensemble in (m for m in spec.models if isinstance(m, EnsembleSpec)):
+                # After every model, so each variant knows whether the models it runs were built or skipped.
+                failures.extend(_build_ensemble_variants(spec, ensemble, workspace, target, summary, log))
             if failures:
                 raise BuildError(f"{len(failures)} problem(s); {repository} was left as it was:", problems=failures)
             built = (entry.name for entry in workspace.staging.iterdir() if entry.is_dir())
@@ -248,6 +251,39 @@ def _build_variants(
             yield from _write_config(spec, served, workspace, target, variant)
         else:
             shutil.rmtree(workspace.staging / variant.name, ignore_errors=True)
+
+
+def _build_ensemble_variants(
+    spec: Spec,
+    ensemble: EnsembleSpec,
+    workspace: Workspace,
+    target: Target,
+    summary: BuildSummary,
+    log: Callable[[str], None],
+) -> Iterator[str]:
+    for variant in ensemble.variants:
+        served = ensemble.served_variant(variant)
+        missing = sorted(name for name in variant.models.values() if not (workspace.staging / name).is_dir())
+        if target not in variant.targets:
+            why = f"for the {' and '.join(variant.targets)} target only"
+        elif missing:
+            why = f"runs {', '.join(missing)}, not built for this target"
+        else:
+            (workspace.staging / served.name / str(served.version)).mkdir(parents=True)
+            summary.results.append(
+                VersionResult(
+                    served.name,
+                    served.version,
+                    "ensemble",
+                    "built",
+                    0.0,
+                    f"{ensemble.name} with " + ", ".join(f"{a} -> {b}" for a, b in variant.models.items()),
+                )
+            )
+            yield from _write_config(spec, served, workspace, target)
+            continue
+        summary.results.append(VersionResult(served.name, served.version, "ensemble", "skipped", 0.0, why))
+        log(f"{served.name}: not built ({why})")
 
 
 def _write_config(

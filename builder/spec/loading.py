@@ -63,7 +63,7 @@ class Spec:
     def served_names(self) -> set[str]:
         """Every model directory the repository gets: the models and their variants."""
         names = {m.name for m in self.models}
-        names.update(v.name for m in self.models if isinstance(m, OnnxModelSpec) for v in m.variants)
+        names.update(v.name for m in self.models if isinstance(m, OnnxModelSpec | EnsembleSpec) for v in m.variants)
         return names
 
     def of_kind(self, kind: type[AnyModelSpec]) -> list[AnyModelSpec]:
@@ -113,10 +113,13 @@ def load_spec(path: Path) -> Spec:
         if isinstance(model, OnnxModelSpec):
             members.update((v.name, as_member(model.served_variant(v))) for v in model.variants)
             problems.extend(f"{labels[model.name]}: {line}" for line in _through_problems(model, models))
+    ensembles = [m for m in models if isinstance(m, EnsembleSpec)]
+    members.update((v.name, as_member(m.served_variant(v))) for m in ensembles for v in m.variants)
     invalid = {e.get("name") for e in entries if isinstance(e, dict)} - set(members)
-    for model in models:
-        if isinstance(model, EnsembleSpec) and not {s.model for s in model.steps} & invalid:
+    for model in ensembles:
+        if not {s.model for s in model.steps} & invalid:
             problems.extend(f"{labels[model.name]}: {line}" for line in ensemble_problems(as_ensemble(model), members))
+            problems.extend(f"{labels[model.name]}: {line}" for line in _variant_pipeline_problems(model, members))
     if problems:
         raise SpecError(
             f"{path}: {len(problems)} problem(s) in the spec; fix them and run the build again:", problems=problems
@@ -145,6 +148,20 @@ def as_ensemble(model: EnsembleSpec) -> Ensemble:
         outputs=_tensor_types(model.outputs),
         steps=[Step(s.model, s.inputs, s.outputs) for s in model.steps],
     )
+
+
+def _variant_pipeline_problems(model: EnsembleSpec, members: dict[str, Member]) -> Iterator[str]:
+    """Each variant runs models the spec declares, as a graph as valid as the ensemble's own."""
+    for i, variant in enumerate(model.variants):
+        unknown = [(step, name) for step, name in variant.models.items() if name not in members]
+        for step, name in unknown:
+            yield (
+                f"variants[{i}].models.{step} = {name!r}: not a model or variant of this spec; "
+                f"allowed: {sorted(n for n in members if n not in (model.name, variant.name))}"
+            )
+        if not unknown:
+            graph = as_ensemble(model.served_variant(variant))
+            yield from (f"variants[{i}] ({variant.name!r}): {line}" for line in ensemble_problems(graph, members))
 
 
 def _through_problems(model: OnnxModelSpec, models: list[AnyModelSpec]) -> Iterator[str]:

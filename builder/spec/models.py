@@ -28,6 +28,7 @@ __all__ = [
     "SOURCE_PATTERN",
     "AnyModelSpec",
     "EnsembleSpec",
+    "EnsembleVariant",
     "OnnxModelSpec",
     "PythonModelSpec",
     "PythonOnGpu",
@@ -204,6 +205,21 @@ class StepSpec(Strict):
     """The step model's output names (keys) mapped to ensemble tensor names (values)."""
 
 
+class EnsembleVariant(Strict):
+    """The same pipeline served under another name, with some of its steps running another model,
+    typically a variant of the step's model (`{image_classifier: image_classifier_fp16}`), so
+    clients (and benchmarks) compare whole pipelines side by side. It is built only where every
+    model it runs is: on its `targets`, and skipped, saying why, where one of them is not built
+    (an optional variant that was skipped, or one for another target)."""
+
+    name: ModelName
+    """The model name the pipeline is served under."""
+    models: dict[ModelName, ModelName]
+    """`{step model: the model run instead}`; the replacement takes and gives the same tensors."""
+    targets: Annotated[tuple[Literal["cpu", "gpu"], ...], Field(min_length=1)] = ("cpu", "gpu")
+    """The build targets it is built for."""
+
+
 class EnsembleSpec(_Served):
     """A pipeline of models run by Triton's ensemble scheduler, checked as a graph at load."""
 
@@ -213,6 +229,20 @@ class EnsembleSpec(_Served):
     """The pipeline's steps; each step model's own options schedule it."""
     version: Annotated[int, Field(ge=1)] = 1
     """The version directory's number."""
+    variants: tuple[EnsembleVariant, ...] = ()
+    """The same pipeline through other models, each served under its own name."""
+
+    def served_variant(self, variant: EnsembleVariant) -> EnsembleSpec:
+        """The ensemble a variant serves: these tensors and steps, under the variant's name, with
+        the step models it replaces swapped."""
+        steps = tuple(
+            step.model_copy(update={"model": variant.models.get(step.model, step.model)}) for step in self.steps
+        )
+        return self.model_copy(update={"name": variant.name, "steps": steps, "variants": ()})
+
+    def variant(self, name: str) -> EnsembleVariant:
+        """The variant called `name`."""
+        return next(v for v in self.variants if v.name == name)
 
 
 AnyModelSpec = OnnxModelSpec | PythonModelSpec | EnsembleSpec

@@ -33,8 +33,8 @@ def model_problems(model: AnyModelSpec) -> Iterator[str]:
         yield from _onnx_problems(model)
     if isinstance(model, PythonModelSpec):
         yield from _python_problems(model)
-    if isinstance(model, EnsembleSpec) and model.version_policy is not None:
-        yield "version_policy: an ensemble serves its single version; remove version_policy"
+    if isinstance(model, EnsembleSpec):
+        yield from _ensemble_problems(model)
 
 
 def _served_problems(model: _Served) -> Iterator[str]:
@@ -217,6 +217,23 @@ def _variant_problems(model: OnnxModelSpec) -> Iterator[str]:
                 )
         if variant.format == "onnx" and variant.precision == "bf16":
             yield f"{field}.precision = 'bf16': ONNX Runtime has no bf16 kernels; allowed for format onnx: fp16, int8 (bf16 needs format: tensorrt)"
+
+
+def _ensemble_problems(model: EnsembleSpec) -> Iterator[str]:
+    if model.version_policy is not None:
+        yield "version_policy: an ensemble serves its single version; remove version_policy"
+    steps = [step.model for step in model.steps]
+    for i, variant in enumerate(model.variants):
+        field = f"variants[{i}]"
+        if variant.name == model.name:
+            yield f"{field}.name = {variant.name!r} is the ensemble's own name; a variant is served under a name of its own"
+        if not variant.models:
+            yield f"{field}.models is empty; map at least one step model to the model run instead, e.g. {{{steps[0] if steps else 'model'}: other}}"
+        for replaced, replacement in variant.models.items():
+            if replaced not in steps:
+                yield f"{field}.models: {replaced!r} is not a step of this ensemble; its steps run {steps}"
+            if replacement == replaced:
+                yield f"{field}.models.{replaced} = {replacement!r} replaces the model by itself; name another model"
 
 
 def _python_problems(model: PythonModelSpec) -> Iterator[str]:

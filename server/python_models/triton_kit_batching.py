@@ -4,7 +4,9 @@ Shared by every generated Python model and the compiled variants (the builder co
 next to each model.py; it imports nothing from the kit).
 
 Requests whose inputs have equal per-item shapes are concatenated along the batch axis, run in
-one call, and the results split back per request. Results are numpy arrays, or torch (DLPack)
+one call, and the results split back per request. Inputs are numpy arrays, or with `dlpack`
+torch tensors where Triton placed them (the GPU too, where the model's config lets Triton keep
+them there: FORCE_CPU_ONLY_INPUT_TENSORS "no"). Results are numpy arrays, or torch (DLPack)
 tensors, which may live on the GPU. When the call raises, the group is run again
 request by request, so only the requests that raise get an error and the others their answer:
 INVALID_ARGUMENT for the `invalid` exceptions (bad input, such as an undecodable image), INTERNAL
@@ -53,19 +55,23 @@ def execute_batched(
     *,
     batching: bool,
     invalid: tuple[type[BaseException], ...] = (ValueError,),
+    dlpack: bool = False,
 ) -> list[Any]:
-    """One response per request, in order (Triton requires exactly that)."""
+    """One response per request, in order (Triton requires exactly that). With `dlpack`, `run`
+    gets torch tensors on the device Triton delivered them on, instead of numpy arrays."""
     responses: list[Any] = [None] * len(requests)
-    feeds: list[dict[str, np.ndarray[Any, Any]]] = []
+    feeds: list[dict[str, Any]] = []
     groups: dict[tuple[Any, ...], list[int]] = {}
+    if dlpack:
+        from torch.utils.dlpack import from_dlpack
     for index, request in enumerate(requests):
         arrays = {}
         for name in input_names:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:  # an optional input the request left out
-                arrays[name] = tensor.as_numpy()
+                arrays[name] = from_dlpack(tensor.to_dlpack()) if dlpack else tensor.as_numpy()
         feeds.append(arrays)
-        key = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(arrays.items())) if batching else (index,)
+        key = tuple((n, tuple(a.shape[1:]), str(a.dtype)) for n, a in sorted(arrays.items())) if batching else (index,)
         groups.setdefault(key, []).append(index)
     for members in groups.values():
         _run_group(requests, feeds, members, output_names, run, batching, invalid, responses)
@@ -74,7 +80,7 @@ def execute_batched(
 
 def _run_group(
     requests: Sequence[Any],
-    feeds: list[dict[str, np.ndarray[Any, Any]]],
+    feeds: list[dict[str, Any]],
     members: list[int],
     output_names: Sequence[str],
     run: Run,
@@ -120,8 +126,14 @@ def _tensor(name: str, value: Any) -> Any:
     return pb_utils.Tensor.from_dlpack(name, value.contiguous() if hasattr(value, "contiguous") else value)
 
 
-def _assemble(parts: list[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+def _assemble(parts: list[Any]) -> Any:
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    import torch  # DLPack inputs are torch tensors (a model that asked for them imports torch anyway)
+
+    return torch.cat(parts)
 
 
 def _error(message: str, code: Any) -> Any:

@@ -90,13 +90,18 @@ class CompiledPackage:
                 runner(*(torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"]), device=self.device) for s in shapes))
         return runner
 
-    def __call__(self, feeds: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """One batch, {input name: numpy array or torch tensor on any device} -> {output name:
+        torch tensor on this package's device}, floating-point outputs as float32."""
         torch = self.torch
         args = []
         rows = len(feeds[self.inputs[0]])
         for name in self.inputs:
-            # Cast after the copy: the device casts in microseconds, the host took milliseconds a batch.
-            tensor = torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device, non_blocking=True)
+            feed = feeds[name]
+            tensor = feed if isinstance(feed, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(feed))
+            # A tensor already on the device stays where it is; cast after any copy: the device
+            # casts in microseconds, the host took milliseconds a batch.
+            tensor = tensor.to(self.device, non_blocking=True)
             if tensor.is_floating_point():
                 tensor = tensor.to(self.dtype)
             if self.pad_batch is not None and rows < self.pad_batch:  # the one shape the CUDA graph was recorded at
@@ -104,14 +109,24 @@ class CompiledPackage:
             args.append(tensor)
         with torch.inference_mode():
             if self.pad_batch is not None:
-                torch.compiler.cudagraph_mark_step_begin()  # the last call's outputs were copied out below
+                torch.compiler.cudagraph_mark_step_begin()  # the last call's outputs were handed on below
             results = self.runner(*args)
         if isinstance(results, torch.Tensor):
             results = [results]
-        return {
-            name: (result[:rows].float() if result.is_floating_point() else result[:rows]).cpu().numpy()
-            for name, result in zip(self.outputs, results, strict=True)
-        }
+        outputs = {}
+        for name, result in zip(self.outputs, results, strict=True):
+            output = result[:rows].float() if result.is_floating_point() else result[:rows]
+            if self.pad_batch is not None and output.data_ptr() == result.data_ptr():
+                output = output.clone()  # a CUDA graph's output buffer is rewritten by its next replay
+            outputs[name] = output
+        if self.device.type == "cuda":
+            # Whoever reads the outputs next (Triton, on its own streams) must see them written.
+            torch.cuda.current_stream(self.device).synchronize()
+        return outputs
+
+    def __call__(self, feeds: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
+        """One batch, numpy in and out (the builder's gate)."""
+        return {name: output.cpu().numpy() for name, output in self.run(feeds).items()}
 
 
 def _load_aoti(torch: Any, path: str, device_index: int) -> Any:
@@ -219,20 +234,32 @@ if pb_utils is not None:
             )
 
         def execute(self, requests: list[Any]) -> list[Any]:
+            # Inputs and outputs as torch tensors where Triton keeps them: on a GPU instance, a
+            # previous ensemble step's GPU output comes in and the outputs go on without a host copy.
             responses: list[Any] = execute_batched(
-                requests, self.input_names, self.output_names, self._run, batching=self.batching
+                requests, self.input_names, self.output_names, self._run, batching=self.batching, dlpack=True
             )
             return responses
 
-        def _run(self, feeds: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
+        def _run(self, feeds: dict[str, Any]) -> dict[str, Any]:
             # A compiled kernel indexing out of bounds aborts the stub process (c10::Error is thrown
             # where nothing catches it), taking every request of the instance with it. A ValueError
             # here is answered INVALID_ARGUMENT for the request that holds the bad value only.
             for name, limit in self.limits.items():
-                problem = limit.problem(feeds[name], batched=self.batching) if name in feeds else None
+                problem = (
+                    limit.problem(_checkable(feeds[name], limit), batched=self.batching) if name in feeds else None
+                )
                 if problem is not None:
                     raise ValueError(f"input {name!r} {problem}")
-            return self.package(feeds)
+            return self.package.run(feeds)
+
+    def _checkable(tensor: Any, limit: InputLimit) -> np.ndarray[Any, Any]:
+        """The tensor as the limit reads it: its values on the host where the limit bounds them
+        (integer ids: a few KB), else only its shape, so a GPU image batch is not copied."""
+        if tensor.device.type == "cpu" or limit.values is not None:
+            host: np.ndarray[Any, Any] = tensor.cpu().numpy()  # no copy for a tensor already on the host
+            return host
+        return np.broadcast_to(np.empty((), np.float32), tuple(tensor.shape))
 
 
 if __name__ == "__main__":

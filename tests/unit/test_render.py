@@ -13,7 +13,7 @@ from builder import render
 from builder.checker.config import parse_config
 from builder.errors import RenderError
 from builder.render import render_config, render_python_model
-from builder.spec import OnnxModelSpec, PythonModelSpec, load_spec
+from builder.spec import EnsembleSpec, OnnxModelSpec, PythonModelSpec, load_spec
 from tests.conftest import ROOT, linear_model
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -111,17 +111,23 @@ VARIANTS = {
     "image_classifier_compiled_fp16": ("gpu",),
     "text_encoder_compiled": ("cpu",),
     "text_encoder_compiled_fp16": ("gpu",),
+    "image_classification_int8": ("cpu",),
+    "image_classification_fp16": ("gpu",),
+    "image_classification_compiled_fp16": ("gpu",),
 }
 
 
 @pytest.mark.parametrize(("name", "target"), [(n, t) for n, targets in VARIANTS.items() for t in targets])
 def test_variant_configs_equal_their_golden_files(name: str, target: str) -> None:
     spec = load_spec(ROOT / "models.yaml")
-    base = next(m for m in spec.of_kind(OnnxModelSpec) if any(v.name == name for v in m.variants))
-    assert isinstance(base, OnnxModelSpec)
-    variant = base.variant(name)
-    served = base.served_variant(variant)
-    rendered = render_config(served, "models.yaml", target, variant)
+    base = next(
+        m for m in spec.models if isinstance(m, OnnxModelSpec | EnsembleSpec) and name in {v.name for v in m.variants}
+    )
+    if isinstance(base, EnsembleSpec):
+        rendered = render_config(base.served_variant(base.variant(name)), "models.yaml", target)
+    else:
+        variant = base.variant(name)
+        rendered = render_config(base.served_variant(variant), "models.yaml", target, variant)
     assert rendered == golden(target, name)
 
 

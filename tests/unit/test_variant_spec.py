@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from builder.errors import SpecError
-from builder.spec import load_spec
+from builder.spec import EnsembleSpec, load_spec
 from tests.conftest import ensemble_model, linear_model
 
 
@@ -78,3 +78,50 @@ def test_an_ensemble_can_call_a_variant(write_spec: Callable[..., Path]) -> None
     ensemble = ensemble_model("pipeline", steps, inputs=linear["inputs"], outputs=linear["outputs"])
     spec = load_spec(write_spec(with_variants({"name": "linear_int8", "precision": "int8"}), ensemble))
     assert spec.served_names() == {"linear", "linear_int8", "pipeline"}
+
+
+def pipeline_with(*variants: dict[str, Any]) -> dict[str, Any]:
+    linear = linear_model()
+    entry = ensemble_model("pipeline", [("linear", {"x": "x"}, {"y": "y"})], linear["inputs"], linear["outputs"])
+    return {**entry, "variants": list(variants)}
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        (
+            {"name": "pipeline_int8", "models": {"tokenizer": "linear_int8"}},
+            "variants[0].models: 'tokenizer' is not a step of this ensemble; its steps run ['linear']",
+        ),
+        (
+            {"name": "pipeline_int8", "models": {"linear": "linear_int4"}},
+            "variants[0].models.linear = 'linear_int4': not a model or variant of this spec; allowed: ['linear', 'linear_int8', 'wide']",
+        ),
+        ({"name": "pipeline", "models": {"linear": "linear_int8"}}, "is the ensemble's own name"),
+        ({"name": "pipeline_int8", "models": {}}, "variants[0].models is empty"),
+        ({"name": "pipeline_int8", "models": {"linear": "linear"}}, "replaces the model by itself"),
+        # The replacement's tensors are checked as the ensemble's own steps are: `wide` outputs 5, not 3.
+        (
+            {"name": "pipeline_wide", "models": {"linear": "wide"}},
+            "variants[0] ('pipeline_wide'): ensemble 'pipeline_wide' output 'y': ensemble tensor 'y' has shape [-1, 5] from 'wide'",
+        ),
+        ({"name": "pipeline_int8", "models": {"linear": "linear_int8"}, "targets": []}, "variants[0].targets"),
+    ],
+)
+def test_bad_ensemble_variants_are_refused(
+    write_spec: Callable[..., Path], variant: dict[str, Any], message: str
+) -> None:
+    wide = linear_model("wide", outputs=[{"name": "y", "dtype": "TYPE_FP32", "dims": [5]}])
+    base = with_variants({"name": "linear_int8", "precision": "int8"})
+    assert message in spec_problems(write_spec, base, wide, pipeline_with(variant))
+
+
+def test_an_ensemble_variant_runs_another_model_in_a_step(write_spec: Callable[..., Path]) -> None:
+    base = with_variants({"name": "linear_int8", "precision": "int8"})
+    spec = load_spec(write_spec(base, pipeline_with({"name": "pipeline_int8", "models": {"linear": "linear_int8"}})))
+    assert spec.served_names() == {"linear", "linear_int8", "pipeline", "pipeline_int8"}
+    ensemble = spec.model("pipeline")
+    assert isinstance(ensemble, EnsembleSpec)
+    served = ensemble.served_variant(ensemble.variant("pipeline_int8"))
+    assert (served.name, [s.model for s in served.steps], served.variants) == ("pipeline_int8", ["linear_int8"], ())
+    assert [s.model for s in ensemble.steps] == ["linear"]  # the ensemble itself is unchanged
