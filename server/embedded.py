@@ -35,6 +35,7 @@ from server.supervisor import (
     ADMIN_HEADER,
     KEY_PLACEHOLDER,
     StubSupervisor,
+    cuda_pool_flags,
     drain_ensembles,
     is_ready,
     key_environment,
@@ -177,8 +178,15 @@ class EmbeddedTriton:
             # The key itself reaches the server through its environment (see server/admin_key.py).
             *restricted_flags(KEY_PLACEHOLDER, lock_model_control=self.admin_key is not None),
             f"--log-verbose={self.log_verbose}",
+            *self._cuda_pool_flags(),
             *self.extra_args,
         ]
+
+    def _cuda_pool_flags(self) -> list[str]:
+        try:
+            return cuda_pool_flags(self.extra_args)
+        except ValueError as exc:
+            raise ServerError(str(exc)) from None
 
     def start(self, *, wait: bool = True, timeout_s: float = 180.0) -> None:
         """Start the server; with `wait`, return once it reports ready.
@@ -208,6 +216,7 @@ class EmbeddedTriton:
         installation = find_installation()
         if self.assemble_backends:
             prepare_backends(self.backend_dir, installation)
+        command = self.command(installation)
         self._key = self.admin_key or secrets.token_urlsafe(24)
         self._reloads.clear()
         if self.log_file is not None:
@@ -216,7 +225,7 @@ class EmbeddedTriton:
         self._key_library = key_library()
         environment = key_environment(self._key, self._key_library, server_environment(installation))
         self._process = subprocess.Popen(
-            self.command(installation),
+            command,
             env=environment,
             stdout=self._log_handle,
             stderr=subprocess.STDOUT if self._log_handle else None,

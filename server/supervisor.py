@@ -43,10 +43,13 @@ from types import FrameType
 
 __all__ = [
     "ADMIN_HEADER",
+    "CUDA_POOL_SETTING",
+    "DEFAULT_CUDA_POOL_MB",
     "KEY_LIBRARY_SETTING",
     "KEY_PLACEHOLDER",
     "STUB",
     "StubSupervisor",
+    "cuda_pool_flags",
     "drain_ensembles",
     "is_ready",
     "key_environment",
@@ -78,6 +81,54 @@ KEY_PLACEHOLDER = "@TRITON_KIT_ADMIN_KEY@"
 (server/key_from_env.cc): the command line then shows this, not the key."""
 KEY_LIBRARY_SETTING = "TRITON_KIT_KEY_LIBRARY"
 """Names that library for this script (the kit image sets it); unset, the key is in the flags."""
+
+
+DEFAULT_CUDA_POOL_MB = 1024
+CUDA_POOL_SETTING = "TRITON_CUDA_MEMORY_POOL_MB"
+"""Overrides DEFAULT_CUDA_POOL_MB, the CUDA memory pool of each GPU (see cuda_pool_flags)."""
+_POOL_FLAG = "--cuda-memory-pool-byte-size="
+
+
+def cuda_pool_flags(
+    command: Iterable[str], environment: dict[str, str] | None = None, devices: Path = Path("/dev")
+) -> list[str]:
+    """Triton's flags sizing the CUDA memory pool of each GPU this process sees, bar those the
+    command sizes itself; none on a host without GPUs.
+
+    The pool holds every GPU tensor between two steps of an ensemble, for every request in flight
+    (a 224x224 FP32 image: 602 KB). Triton's default is 64 MB a GPU, about 100 images; past it, a
+    Python-backend model's GPU output is given pinned host memory instead, which the Python backend
+    of Triton 2.51 copies into with the wrong direction: the stub logs "failed to copy data: invalid
+    argument" and the request succeeds with whatever the buffer held (python_backend's
+    infer_response.cc, pb_memory.cc; triton-inference-server/server#7148). 1 GB a GPU holds about
+    1,700 such images in flight; TRITON_CUDA_MEMORY_POOL_MB sets another size.
+
+    Raises:
+        ValueError: TRITON_CUDA_MEMORY_POOL_MB is not a whole number of megabytes.
+    """
+    environment = dict(os.environ) if environment is None else environment
+    setting = environment.get(CUDA_POOL_SETTING, str(DEFAULT_CUDA_POOL_MB))
+    if not setting.isdigit():
+        raise ValueError(
+            f"{CUDA_POOL_SETTING}={setting!r}: give the CUDA memory pool of each GPU in whole megabytes, "
+            f"e.g. {DEFAULT_CUDA_POOL_MB} (the kit's default), or 64 (Triton's)"
+        )
+    sized = {flag.removeprefix(_POOL_FLAG).split(":", 1)[0] for flag in command if flag.startswith(_POOL_FLAG)}
+    return [
+        f"{_POOL_FLAG}{gpu}:{int(setting) << 20}"
+        for gpu in range(_visible_gpus(environment, devices))
+        if str(gpu) not in sized
+    ]
+
+
+def _visible_gpus(environment: dict[str, str], devices: Path) -> int:
+    """How many CUDA devices a process started here sees: CUDA_VISIBLE_DEVICES where set, else the
+    GPU device files (a container gets those of its own GPUs only)."""
+    visible = environment.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        listed = [entry for entry in visible.split(",") if entry.strip()]
+        return 0 if not listed or listed[0].strip().startswith("-") else len(listed)
+    return len([entry for entry in devices.glob("nvidia*") if entry.name.removeprefix("nvidia").isdigit()])
 
 
 def key_environment(key: str, library: Path, environment: dict[str, str]) -> dict[str, str]:
@@ -418,6 +469,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"the admin key is on tritonserver's command line (set {KEY_LIBRARY_SETTING} to the kit's "
                 "libtriton_kit_key_from_env.so to keep it off)"
             )
+    try:
+        flags += cuda_pool_flags(command)
+    except ValueError as exc:
+        parser.error(str(exc))
     # Its own process group: the stubs it starts are told apart from anything else in the container.
     server = subprocess.Popen([*command, *flags], env=environment, start_new_session=True)
     supervisor = StubSupervisor(server.pid, http_url, {ADMIN_HEADER: key}, log, [])

@@ -225,6 +225,8 @@ if pb_utils is not None:
             except (RuntimeError, OSError, KeyError) as exc:
                 raise pb_utils.TritonModelException(f"model '{args['model_name']}': {exc}") from None
             self.limits = {name: InputLimit.from_json(entry) for name, entry in self.package.limits.items()}
+            # The family outlives its metrics, or Triton refuses their increments.
+            self.arrivals, self.arrived = _arrival_counters(args["model_name"], args["model_version"])
             form = (
                 "AOTInductor package" if self.package.artifact == "aoti" else "compiled from Inductor's cache artifacts"
             )
@@ -251,7 +253,21 @@ if pb_utils is not None:
                 )
                 if problem is not None:
                     raise ValueError(f"input {name!r} {problem}")
+            for tensor in feeds.values():
+                self.arrived["gpu" if tensor.is_cuda else "cpu"].increment(tensor.numel() * tensor.element_size())
             return self.package.run(feeds)
+
+    def _arrival_counters(model: str, version: str) -> tuple[Any, dict[str, Any]]:
+        """Where this model's inputs arrive, in bytes, on the server's metrics endpoint:
+        `kit_compiled_input_bytes{model, version, memory="gpu"|"cpu"}`. Inside a GPU ensemble
+        every byte should arrive on the GPU; bytes on the CPU there were copied to the host."""
+        family = pb_utils.MetricFamily(
+            name="kit_compiled_input_bytes",
+            description="Bytes of input a compiled model received, by the memory Triton delivered them in",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        labels = {"model": model, "version": version}
+        return family, {memory: family.Metric(labels={**labels, "memory": memory}) for memory in ("gpu", "cpu")}
 
     def _checkable(tensor: Any, limit: InputLimit) -> np.ndarray[Any, Any]:
         """The tensor as the limit reads it: its values on the host where the limit bounds them

@@ -3,6 +3,8 @@ their files do in-process."""
 
 from __future__ import annotations
 
+import re
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -80,12 +82,23 @@ def test_compiled_variants_are_served_in_both_artifacts(tmp_path: Path) -> None:
         x = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
         with TritonClient(server.grpc_url) as client:
             answers = {name: client.infer(name, {"x": x})["y"] for name in ("linear_aoti", "linear_cached")}
+            client.infer("linear_aoti", {"x": x[:2]})
         log = (tmp_path / "triton.log").read_text()
+        metrics = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
     finally:
         server.stop()
     with torch.inference_mode():
         expected = linear()(torch.from_numpy(x)).numpy()
     for answer in answers.values():
         np.testing.assert_allclose(answer, expected, atol=1e-6)
+    # Where the inputs arrived, in bytes: here on the host (5 and 2 rows of 4 FP32 values).
+    pattern = r'kit_compiled_input_bytes\{memory="(\w+)",model="(\w+)",version="1"\} (\S+)'
+    arrived = {(model, memory): float(value) for memory, model, value in re.findall(pattern, metrics)}
+    assert arrived == {
+        ("linear_aoti", "cpu"): 7 * 4 * 4,
+        ("linear_aoti", "gpu"): 0,
+        ("linear_cached", "cpu"): 5 * 4 * 4,
+        ("linear_cached", "gpu"): 0,
+    }
     assert "instance linear_aoti_0_0: AOTInductor package on cpu" in log
     assert "instance linear_cached_0_0: compiled from Inductor's cache artifacts on cpu" in log

@@ -7,7 +7,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from server.supervisor import at_full_strength, model_of, remove_regions
+import pytest
+
+from server.supervisor import (
+    CUDA_POOL_SETTING,
+    DEFAULT_CUDA_POOL_MB,
+    at_full_strength,
+    cuda_pool_flags,
+    model_of,
+    remove_regions,
+)
 
 
 def config(*groups: dict[str, object]) -> str:
@@ -48,3 +57,38 @@ def test_only_the_stubs_own_regions_are_removed_and_a_missing_one_is_no_error(tm
     assert removed == [ours]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["someone_elses"]
     assert (tmp_path.parent / "outside").exists()
+
+
+def gpu_devices(tmp_path: Path, *names: str) -> Path:
+    tmp_path.mkdir(exist_ok=True)
+    for name in names:
+        (tmp_path / name).touch()
+    return tmp_path
+
+
+def test_each_gpu_gets_a_cuda_pool_of_the_kits_size_unless_the_command_sizes_it(tmp_path: Path) -> None:
+    devices = gpu_devices(tmp_path, "nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-modeset")
+    size = DEFAULT_CUDA_POOL_MB << 20
+    assert cuda_pool_flags([], {}, devices) == [
+        f"--cuda-memory-pool-byte-size=0:{size}",
+        f"--cuda-memory-pool-byte-size=1:{size}",
+    ]
+    assert cuda_pool_flags(["--cuda-memory-pool-byte-size=1:4096"], {}, devices) == [
+        f"--cuda-memory-pool-byte-size=0:{size}"
+    ]
+    assert cuda_pool_flags([], {CUDA_POOL_SETTING: "256"}, devices) == [
+        f"--cuda-memory-pool-byte-size={gpu}:{256 << 20}" for gpu in (0, 1)
+    ]
+
+
+def test_the_visible_devices_decide_and_a_host_without_gpus_gets_no_pool_flag(tmp_path: Path) -> None:
+    devices = gpu_devices(tmp_path, "nvidia0", "nvidia1", "nvidia2", "nvidiactl")
+    assert len(cuda_pool_flags([], {"CUDA_VISIBLE_DEVICES": "2"}, devices)) == 1
+    assert cuda_pool_flags([], {"CUDA_VISIBLE_DEVICES": "-1"}, devices) == []
+    assert cuda_pool_flags([], {"CUDA_VISIBLE_DEVICES": ""}, devices) == []
+    assert cuda_pool_flags([], {}, gpu_devices(tmp_path / "cpu-only", "null")) == []
+
+
+def test_a_pool_size_that_is_not_whole_megabytes_is_refused_saying_what_to_give(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"TRITON_CUDA_MEMORY_POOL_MB='1.5G': give the CUDA memory pool"):
+        cuda_pool_flags([], {CUDA_POOL_SETTING: "1.5G"}, gpu_devices(tmp_path, "nvidia0"))
