@@ -1,18 +1,23 @@
 """The image_classification pipeline end to end on a GPU host, from JPEG bytes:
 
-- served: the ensemble as the gpu target builds it (image_preprocess's `gpu` class decodes with
-  nvJPEG, resizes and normalizes on the GPU; the batch stays there for image_classifier), closed
-  loops of 16, 64 and 256 gRPC clients, each sending one 500x375 JPEG per request;
+- served: each pipeline of the gpu target alone on the GPU, closed loops of gRPC clients each
+  sending one 500x375 JPEG per request: `image_classification` as declared (image_preprocess's
+  `gpu` class decodes with nvJPEG, resizes and normalizes on the GPU; the batch stays there for
+  image_classifier) at 16, 64 and 256 clients; its variants through the FP16 classifiers (ONNX
+  Runtime's CUDA provider, the compiled engine) at 256;
 - cpu_decode: the same ensemble with the cpu target's preprocessing (Pillow on the CPU, FP32 copied
   to the GPU), one instance per core (its best: Pillow's decode bounds it);
 - in_process: the same pipeline in one process on the same GPU, batch 16: GpuImagePreprocess, then
   ONNX Runtime's CUDA provider with the batch bound where it lies (IO binding), then
   ClassifierPostprocess, from 1 and from 4 threads;
 - agreement: top-1 of the GPU pipeline against the CPU pipeline (in process, one CUDA session for
-  both, so only the preprocessing differs; and as served), and the pixels' difference in 8-bit levels;
+  both, so only the preprocessing differs), the pixels' difference in 8-bit levels; and each
+  served pipeline's answers with 256 images in flight at once (~154 MB of FP32 between two steps,
+  past Triton's default 64 MB CUDA pool), with the pool fallbacks its log shows; once more with
+  Triton's default pool, which the kit's replaces (server.supervisor.cuda_pool_flags says why);
 - where the time goes: each step's queue and compute per request from the server's statistics
-  (image_classifier's compute_input is the copy of its input: small when it arrives on the GPU),
-  and GPU utilisation sampled by nvidia-smi.
+  (the classifier's compute_input holds the copy of its input), where the compiled classifier's
+  inputs arrived (kit_compiled_input_bytes), and GPU utilisation sampled by nvidia-smi.
 
 Run on a GPU host with a repository built for the gpu target:
 
@@ -21,11 +26,14 @@ Run on a GPU host with a repository built for the gpu target:
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shutil
 import sys
+import urllib.request
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,6 +61,7 @@ from bench.harness import (
     usable_cores,
     write,
 )
+from builder.checker.config import parse_config
 from builder.python_model import assemble_python_model
 from builder.render import render_config
 from builder.spec import PythonModelSpec, load_spec
@@ -60,8 +69,16 @@ from models.calibration import jpeg
 from models.image_pipeline import STD, ClassifierPostprocess, GpuImagePreprocess, ImagePreprocess
 
 PIPELINE = "image_classification"
-STEPS = ("image_preprocess", "image_classifier", "image_postprocess")
+PHASES = {
+    "gpu_decode": PIPELINE,
+    "onnx_fp16": "image_classification_fp16",
+    "compiled_fp16": "image_classification_compiled_fp16",
+}
+"""The gpu target's pipelines served: as declared, and through each FP16 build of the classifier."""
 CONCURRENCY = (16, 64, 256)
+IN_FLIGHT = 256
+"""Images whose answers are checked all in flight at once: ~154 MB of FP32 between two steps."""
+LOGS = ROOT / ".triton" / "bench-logs"
 IMAGES = ROOT / ".triton" / "bench-images"
 WIDTH, HEIGHT, QUALITY = 500, 375, 90
 BATCH = 16
@@ -167,12 +184,20 @@ def agreement(pipeline: InProcessPipeline, images: list[bytes]) -> tuple[dict[st
 # --- served ----------------------------------------------------------------------------------------
 
 
-def pipeline_repository(repo: Path, scratch: Path, cpu_decode: bool, instances: int | None = None) -> Path:
-    """The pipeline's four models from `repo` alone (nothing else loads on the GPU beside them);
-    with `cpu_decode`, image_preprocess as the cpu target builds it (`instances` CPU instances,
-    or as declared)."""
+def members(repo: Path, pipeline: str) -> list[str]:
+    """The models an ensemble's steps run, from its config."""
+    config = parse_config((repo / pipeline / "config.pbtxt").read_text(), pipeline)
+    return [step.model_name for step in config.ensemble_scheduling.step]
+
+
+def pipeline_repository(
+    repo: Path, scratch: Path, pipeline: str = PIPELINE, cpu_decode: bool = False, instances: int | None = None
+) -> Path:
+    """`pipeline` and the models it runs from `repo`, alone (nothing else loads on the GPU beside
+    them); with `cpu_decode`, image_preprocess as the cpu target builds it (`instances` CPU
+    instances, or as declared)."""
     shutil.rmtree(scratch, ignore_errors=True)
-    for name in (PIPELINE, *STEPS):
+    for name in (pipeline, *members(repo, pipeline)):
         if name != "image_preprocess" or not cpu_decode:
             shutil.copytree(repo / name, scratch / name)
     if not cpu_decode:
@@ -188,36 +213,77 @@ def pipeline_repository(repo: Path, scratch: Path, cpu_decode: bool, instances: 
     return scratch
 
 
+def top1_in_flight(url: str, pipeline: str, images: Sequence[bytes]) -> list[bytes]:
+    """The top-1 label the pipeline answers for each image, all of them sent at once (one client
+    each), so as many preprocessed images wait between the steps as there are images."""
+
+    def top1(image: bytes) -> bytes:
+        client = grpcclient.InferenceServerClient(url)
+        tensor = grpcclient.InferInput("image_bytes", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[image]], dtype=object))
+        result = client.infer(pipeline, [tensor], outputs=[grpcclient.InferRequestedOutput("labels")])
+        client.close()
+        return bytes(result.as_numpy("labels")[0, 0])
+
+    with ThreadPoolExecutor(max_workers=len(images)) as pool:
+        return list(pool.map(top1, images))
+
+
 def served(
-    repo: Path, label: str, seconds: float, rounds: int, processes: int, log: Path, check: Sequence[bytes] = ()
-) -> tuple[dict[str, Any], list[bytes]]:
-    """The pipeline under each load point `rounds` times (rounds apart): the median round's
-    figures; and, first, the top-1 label it answers for each image of `check`."""
-    server = embedded(repo, log)
+    repo: Path,
+    pipeline: str,
+    label: str,
+    options: argparse.Namespace,
+    checked: tuple[Sequence[bytes], Sequence[bytes]],
+    concurrency: Sequence[int] = CONCURRENCY,
+    server_args: Sequence[str] = (),
+) -> dict[str, Any]:
+    """`pipeline` under each load point `rounds` times (rounds apart): the median round's figures.
+    Before them, its top-1 answers for the images of `checked` all in flight at once, against the
+    labels `checked` expects (the CPU pipeline's); after them, the CUDA-pool fallbacks its log
+    shows, and where a compiled classifier's inputs arrived."""
+    images, expected = checked
+    log = LOGS / f"pipeline-{label}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)
+    server = embedded(repo, log, extra_args=list(server_args))
     server.start(timeout_s=600)
     runs: dict[int, list[dict[str, Any]]] = {}
+    steps = members(repo, pipeline)
     try:
+        answered = top1_in_flight(server.grpc_url, pipeline, images)
+        figures: dict[str, Any] = {
+            "pipeline": pipeline,
+            "top1_agreement_in_flight": round(
+                sum(a == b for a, b in zip(answered, expected, strict=True)) / len(expected), 4
+            ),
+            "images_in_flight": len(expected),
+        }
+        print(f"{label}: {figures}", flush=True)
         client = grpcclient.InferenceServerClient(server.grpc_url)
-        labels = []
-        for image in check:
-            tensor = grpcclient.InferInput("image_bytes", [1, 1], "BYTES")
-            tensor.set_data_from_numpy(np.array([[image]], dtype=object))
-            result = client.infer(PIPELINE, [tensor], outputs=[grpcclient.InferRequestedOutput("labels")])
-            labels.append(result.as_numpy("labels")[0, 0])
-        for _ in range(rounds):
-            for concurrency in CONCURRENCY:
-                before = {name: statistics_of(client, name) for name in (PIPELINE, *STEPS)}
+        for _ in range(options.rounds):
+            for clients in concurrency:
+                before = {name: statistics_of(client, name) for name in (pipeline, *steps)}
                 with GpuSampler() as sampler:
-                    load = drive(server.grpc_url, PIPELINE, concurrency, seconds, False, processes, jpeg_request)
-                steps = {name: breakdown(before[name], statistics_of(client, name)) for name in (PIPELINE, *STEPS)}
-                figures = {**load, **sampler.figures, "steps": steps}
-                runs.setdefault(concurrency, []).append(figures)
-                print(f"{label} c{concurrency}: {json.dumps(figures)}", flush=True)
+                    load = drive(
+                        server.grpc_url, pipeline, clients, options.seconds, False, options.processes, jpeg_request
+                    )
+                after = {name: breakdown(before[name], statistics_of(client, name)) for name in (pipeline, *steps)}
+                point = {**load, **sampler.figures, "steps": after}
+                runs.setdefault(clients, []).append(point)
+                print(f"{label} c{clients}: {json.dumps(point)}", flush=True)
         client.close()
+        metrics = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
     finally:
         server.stop()
-    results = {f"concurrency_{concurrency}": median_round(measured) for concurrency, measured in runs.items()}
-    return results, labels
+    text = log.read_text(errors="replace")
+    figures["pool_fallbacks"] = text.count("falling back to pinned system memory")
+    figures["failed_gpu_copies"] = text.count("failed to copy data")
+    arrived = re.findall(r'kit_compiled_input_bytes\{memory="(\w+)",model="(\w+)",version="1"\} (\S+)', metrics)
+    if arrived:
+        figures["compiled_input_bytes"] = {memory: float(value) for memory, _, value in arrived}
+    figures.update({f"concurrency_{clients}": median_round(measured) for clients, measured in runs.items()})
+    return figures
 
 
 def main() -> None:
@@ -253,32 +319,62 @@ def main() -> None:
     print(f"agreement: {record['agreement']}", flush=True)
     record["in_process"] = in_process(pipeline, images, args.seconds)
     write(record, args.out)
-    log = args.out.with_suffix(".server.log")
-    log.unlink(missing_ok=True)
-    expected = cpu_top1[:128]
+    checked = (images[:IN_FLIGHT], cpu_top1[:IN_FLIGHT])
     scratch = ROOT / ".triton"
-    gpu_repo = pipeline_repository(args.repo, scratch / "bench-repo-gpu_decode", cpu_decode=False)
-    on_gpu, answered = served(gpu_repo, "gpu_decode", args.seconds, args.rounds, args.processes, log, images[:128])
-    record["served"] = {"gpu_decode": on_gpu}
-    record["agreement"]["served_top1_agreement_with_cpu_pipeline"] = round(
-        sum(a == b for a, b in zip(answered, expected, strict=True)) / len(expected), 4
-    )
-    write(record, args.out)  # what is measured so far survives a run cut short
+    record["served"] = {}
+    for label, name in PHASES.items():  # each alone on the GPU: one server each
+        if not (args.repo / name).is_dir():
+            record["served"][label] = {
+                "pipeline": name,
+                "skipped": f"{name} is not in {args.repo} (the build's summary says why)",
+            }
+            continue
+        repo = pipeline_repository(args.repo, scratch / f"bench-repo-{label}", name)
+        points = CONCURRENCY if name == PIPELINE else (256,)
+        record["served"][label] = served(repo, name, label, args, checked, points)
+        write(record, args.out)  # what is measured so far survives a run cut short
     # Pillow's decode is the CPU path's bound: one instance per core is its best on this host.
     label = "cpu_decode_one_instance_per_core"
     repo = pipeline_repository(args.repo, scratch / f"bench-repo-{label}", cpu_decode=True, instances=usable_cores())
-    record["served"][label] = served(repo, label, args.seconds, args.rounds, args.processes, log)[0]
-    best_in_process = max(record["in_process"][f"threads_{t}"]["images_per_s"] for t in (1, 4))
-    gpu_c256 = record["served"]["gpu_decode"]["concurrency_256"]["requests_per_s"]
-    cpu_c256 = max(
-        record["served"][k]["concurrency_256"]["requests_per_s"] for k in record["served"] if k != "gpu_decode"
+    record["served"][label] = served(repo, PIPELINE, label, args, checked)
+    write(record, args.out)
+    # Triton's own pool size, to show what the kit's avoids: only the answers with all images in flight.
+    repo = pipeline_repository(args.repo, scratch / "bench-repo-triton_default_pool")
+    default_pool = [f"--cuda-memory-pool-byte-size=0:{64 << 20}"]
+    record["served"]["triton_default_pool"] = served(
+        repo, PIPELINE, "triton_default_pool", args, checked, (), default_pool
     )
-    record["ratios"] = {
-        "served_c256_to_in_process": round(gpu_c256 / best_in_process, 2),
-        "gpu_decode_c256_to_best_cpu_decode_c256": round(gpu_c256 / cpu_c256, 2),
-    }
+    record["ratios"] = ratios(record)
     write(record, args.out)
     print(json.dumps(record["ratios"], indent=2))
+
+
+def ratios(record: dict[str, Any]) -> dict[str, float]:
+    """The issue's targets, side by side from one run."""
+    served = record["served"]
+    best_in_process = max(record["in_process"][f"threads_{t}"]["images_per_s"] for t in (1, 4))
+    c256 = {label: figures["concurrency_256"] for label, figures in served.items() if "concurrency_256" in figures}
+    figures = {
+        "served_c256_to_in_process": round(c256["gpu_decode"]["requests_per_s"] / best_in_process, 2),
+        "gpu_decode_c256_to_cpu_decode_c256": round(
+            c256["gpu_decode"]["requests_per_s"] / c256["cpu_decode_one_instance_per_core"]["requests_per_s"], 2
+        ),
+    }
+    if "onnx_fp16" in c256 and "compiled_fp16" in c256:
+        figures["compiled_fp16_to_onnx_fp16_c256"] = round(
+            c256["compiled_fp16"]["requests_per_s"] / c256["onnx_fp16"]["requests_per_s"], 2
+        )
+        per_image = {
+            label: c256[label]["steps"][model]["compute_infer_us"] / c256[label]["steps"][model]["average_batch"]
+            for label, model in (
+                ("onnx_fp16", "image_classifier_fp16"),
+                ("compiled_fp16", "image_classifier_compiled_fp16"),
+            )
+        }
+        figures["classifier_compute_per_image_onnx_fp16_to_compiled_fp16"] = round(
+            per_image["onnx_fp16"] / per_image["compiled_fp16"], 2
+        )
+    return figures
 
 
 if __name__ == "__main__":
