@@ -6,6 +6,8 @@ every other model; in-flight requests finish) and stops it with its stub process
 signal again, 2 s or more later, forces it down.
 A model whose stub process dies is reloaded (see server/supervisor.py). Log settings and tracing
 need the admin key, TRITON_ADMIN_KEY (header `admin-key`); set, model control needs it too.
+On a GPU host each GPU's CUDA memory pool, which holds the GPU tensors between ensemble steps, is
+1024 MB (TRITON_CUDA_MEMORY_POOL_MB; see docs/gpu.md).
 """
 
 from __future__ import annotations
