@@ -167,10 +167,11 @@ def _scheduling(model: _Scheduled, target: Target, variant: VariantSpec | None) 
     served_format = None if variant is None else variant.format
     if isinstance(model, OnnxModelSpec) and served_format == "torch_compiled":
         parameters = {**model.cpu.model_dump(exclude_none=True, include={"intra_op_thread_count"}), **parameters}
-        if target == "gpu":
-            # The Python backend copies every input to the host unless told not to; the compiled
-            # runtime reads its inputs by DLPack, so an earlier step's GPU output stays on the GPU.
-            parameters = {"FORCE_CPU_ONLY_INPUT_TENSORS": "no", **parameters}
+    reads_by_dlpack = served_format == "torch_compiled" or (isinstance(model, PythonModelSpec) and model.on_gpu(target))
+    if target == "gpu" and reads_by_dlpack:
+        # The Python backend copies every input to the host unless told not to; the compiled
+        # runtime and a `gpu` class read theirs by DLPack, so an earlier step's GPU output stays there.
+        parameters = {"FORCE_CPU_ONLY_INPUT_TENSORS": "no", **parameters}
     if isinstance(model, OnnxModelSpec) and served_format in (None, "onnx"):
         parameters = {**model.cpu.model_dump(exclude_none=True), **parameters}
         if target == "gpu":

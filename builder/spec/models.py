@@ -143,9 +143,10 @@ class OnnxModelSpec(_Scheduled):
 class PythonOnGpu(Strict):
     """How a Python model serves on the `gpu` target instead: another class (`source`), built
     with `options` over the model's own and with `device="cuda:<id>"`, the GPU of its instance
-    (KIND_GPU). It may return GPU tensors (torch's, or any DLPack array): Triton hands them to the
-    next step of an ensemble on the device. The build checks the class by building it with
-    `device="cpu"`."""
+    (KIND_GPU). It gets its numeric inputs as torch tensors where Triton delivers them (on the GPU
+    where the previous step left them there; BYTES as numpy object arrays), and may return GPU
+    tensors (torch's, or any DLPack array): Triton hands them to the next step of an ensemble on
+    the device. The build checks the class by building it with `device="cpu"`."""
 
     source: Source
     """`package.module:Class` of the class served on the GPU."""

@@ -6,7 +6,7 @@ next to each model.py; it imports nothing from the kit).
 Requests whose inputs have equal per-item shapes are concatenated along the batch axis, run in
 one call, and the results split back per request. Inputs are numpy arrays, or with `dlpack`
 torch tensors where Triton placed them (the GPU too, where the model's config lets Triton keep
-them there: FORCE_CPU_ONLY_INPUT_TENSORS "no"). Results are numpy arrays, or torch (DLPack)
+them there: FORCE_CPU_ONLY_INPUT_TENSORS "no"; BYTES stay numpy). Results are numpy arrays, or torch (DLPack)
 tensors, which may live on the GPU. When the call raises, the group is run again
 request by request, so only the requests that raise get an error and the others their answer:
 INVALID_ARGUMENT for the `invalid` exceptions (bad input, such as an undecodable image), INTERNAL
@@ -58,18 +58,17 @@ def execute_batched(
     dlpack: bool = False,
 ) -> list[Any]:
     """One response per request, in order (Triton requires exactly that). With `dlpack`, `run`
-    gets torch tensors on the device Triton delivered them on, instead of numpy arrays."""
+    gets torch tensors on the device Triton delivered them on, instead of numpy arrays (BYTES
+    inputs stay numpy object arrays)."""
     responses: list[Any] = [None] * len(requests)
     feeds: list[dict[str, Any]] = []
     groups: dict[tuple[Any, ...], list[int]] = {}
-    if dlpack:
-        from torch.utils.dlpack import from_dlpack
     for index, request in enumerate(requests):
         arrays = {}
         for name in input_names:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:  # an optional input the request left out
-                arrays[name] = from_dlpack(tensor.to_dlpack()) if dlpack else tensor.as_numpy()
+                arrays[name] = _as_torch(tensor) if dlpack else tensor.as_numpy()
         feeds.append(arrays)
         key = tuple((n, tuple(a.shape[1:]), str(a.dtype)) for n, a in sorted(arrays.items())) if batching else (index,)
         groups.setdefault(key, []).append(index)
@@ -116,6 +115,18 @@ def _run_group(
                 tensors.append(_tensor(name, part))
         responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
         offset += size
+
+
+def _as_torch(tensor: Any) -> Any:
+    """A Triton input as a torch tensor where it lies (GPU or host, no copy); BYTES, which have no
+    DLPack form and are always on the host, as their numpy object array."""
+    if tensor.is_cpu():
+        array = tensor.as_numpy()
+        if array.dtype == np.object_:
+            return array
+    from torch.utils.dlpack import from_dlpack
+
+    return from_dlpack(tensor.to_dlpack())
 
 
 def _tensor(name: str, value: Any) -> Any:

@@ -1,6 +1,7 @@
 """The gpu target's image preprocessing (GpuImagePreprocess) against the cpu target's, on the CPU:
 the same pixels within one 8-bit level (the resize's rounding), the same top-1 of the example
-classifier, the same errors for the same bad files. The nvJPEG decode itself runs on GPU hosts only
+classifier, the same errors for the same bad files; and its postprocessing (GpuClassifierPostprocess)
+ranks and scores as the cpu target's. The nvJPEG decode itself runs on GPU hosts only
 (tests/integration/test_gpu_serving.py)."""
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from builder.render import render_config, render_python_model
 from builder.spec import PythonModelSpec, load_spec
 from models.calibration import jpeg, scene
 from models.image_classifier import build
-from models.image_pipeline import STD, GpuImagePreprocess, ImagePreprocess
+from models.image_pipeline import (
+    STD,
+    ClassifierPostprocess,
+    GpuClassifierPostprocess,
+    GpuImagePreprocess,
+    ImagePreprocess,
+)
 from tests.conftest import ROOT
 
 
@@ -100,8 +107,27 @@ def test_the_gpu_target_serves_the_gpu_class_on_gpu_instances() -> None:
     assert "import GpuImagePreprocess as _Processor" in on_gpu
     assert 'device="cuda:" + args["model_instance_device_id"]' in on_gpu
     assert "import ImagePreprocess as _Processor" in on_cpu and "device=" not in on_cpu
-    assert "kind: KIND_GPU" in render_config(model, "models.yaml", "gpu")
-    assert "kind: KIND_CPU" in render_config(model, "models.yaml", "cpu")
+    # Inputs by DLPack where Triton delivers them, which it then may do on the GPU.
+    assert "dlpack=True" in on_gpu and "dlpack" not in on_cpu
+    on_gpu_config, on_cpu_config = (render_config(model, "models.yaml", target) for target in ("gpu", "cpu"))
+    assert "kind: KIND_GPU" in on_gpu_config and "kind: KIND_CPU" in on_cpu_config
+    assert 'key: "FORCE_CPU_ONLY_INPUT_TENSORS" value: { string_value: "no" }' in on_gpu_config
+    assert "FORCE_CPU_ONLY_INPUT_TENSORS" not in on_cpu_config
+
+
+@pytest.mark.parametrize("arrives_as", ["torch", "numpy"])
+def test_the_gpu_postprocess_ranks_and_scores_as_the_cpu_one(arrives_as: str) -> None:
+    labels = str(ROOT / "models" / "labels.txt")
+    logits = np.random.default_rng(9).normal(size=(16, 1000)).astype(np.float32)
+    logits[3, 10:20] = 6.0  # ties: the stable ranking keeps the lower class first, as on the CPU
+    logits[7] = 0.0
+    expected = ClassifierPostprocess(labels, top_k=5)({"logits": logits})
+    given = torch.from_numpy(logits) if arrives_as == "torch" else logits
+    on_device = GpuClassifierPostprocess(labels, top_k=5, device="cpu")({"logits": given})
+    assert on_device["labels"].tolist() == expected["labels"].tolist()
+    assert on_device["labels"][3].tolist() == [f"class_{i:04d}".encode() for i in range(10, 15)]
+    np.testing.assert_allclose(on_device["scores"], expected["scores"], rtol=1e-6)
+    assert on_device["scores"].dtype == np.float32 and on_device["labels"].shape == (16, 5)
 
 
 def test_the_build_checks_the_gpu_class_with_its_options(tmp_path: Path) -> None:
