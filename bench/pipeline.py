@@ -16,8 +16,8 @@
   past Triton's default 64 MB CUDA pool), with the pool fallbacks its log shows; once more with
   Triton's default pool, which the kit's replaces (server.supervisor.cuda_pool_flags says why);
 - where the time goes: each step's queue and compute per request from the server's statistics
-  (the classifier's compute_input holds the copy of its input), where the compiled classifier's
-  inputs arrived (kit_compiled_input_bytes), and GPU utilisation sampled by nvidia-smi.
+  (the classifier's compute_input holds the copy of its input), where each Python step's inputs
+  arrived, GPU or host memory (kit_input_bytes), and GPU utilisation sampled by nvidia-smi.
 
 Run on a GPU host with a repository built for the gpu target:
 
@@ -241,7 +241,7 @@ def served(
     """`pipeline` under each load point `rounds` times (rounds apart): the median round's figures.
     Before them, its top-1 answers for the images of `checked` all in flight at once, against the
     labels `checked` expects (the CPU pipeline's); after them, the CUDA-pool fallbacks its log
-    shows, and where a compiled classifier's inputs arrived."""
+    shows, and where each Python step's inputs arrived (bytes by memory)."""
     images, expected = checked
     log = LOGS / f"pipeline-{label}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -279,9 +279,12 @@ def served(
     text = log.read_text(errors="replace")
     figures["pool_fallbacks"] = text.count("falling back to pinned system memory")
     figures["failed_gpu_copies"] = text.count("failed to copy data")
-    arrived = re.findall(r'kit_compiled_input_bytes\{memory="(\w+)",model="(\w+)",version="1"\} (\S+)', metrics)
-    if arrived:
-        figures["compiled_input_bytes"] = {memory: float(value) for memory, _, value in arrived}
+    arrived: dict[str, dict[str, float]] = {}
+    for memory, model, value in re.findall(
+        r'kit_input_bytes\{memory="(\w+)",model="(\w+)",version="1"\} (\S+)', metrics
+    ):
+        arrived.setdefault(model, {})[memory] = float(value)
+    figures["input_bytes"] = arrived
     figures.update({f"concurrency_{clients}": median_round(measured) for clients, measured in runs.items()})
     return figures
 

@@ -10,11 +10,12 @@ them there: FORCE_CPU_ONLY_INPUT_TENSORS "no"; BYTES stay numpy). Results are nu
 tensors, which may live on the GPU. When the call raises, the group is run again
 request by request, so only the requests that raise get an error and the others their answer:
 INVALID_ARGUMENT for the `invalid` exceptions (bad input, such as an undecodable image), INTERNAL
-for any other.
+for any other. `InputArrivals` counts where the inputs arrived, on the server's metrics endpoint.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -47,6 +48,65 @@ def require_numpy_1() -> None:
         )
 
 
+class InputArrivals:
+    """Bytes of numeric input a model received, by the memory Triton delivered them in, on the
+    server's metrics endpoint: `kit_input_bytes{model, version, memory="gpu"|"cpu"}`.
+
+    Inside a GPU ensemble, a step whose inputs stayed on the device counts every byte under "gpu";
+    bytes under "cpu" there were copied to the host on the way. BYTES inputs (always on the host)
+    are not counted. Each increment is a round trip to Triton (~0.1 ms, measured on a CPU), so
+    executions only add to a tally, and a thread hands it to Triton every `FLUSH_S` seconds.
+    """
+
+    FLUSH_S = 0.5
+
+    def __init__(self, model: str, version: str) -> None:
+        # The family must outlive its metrics, or Triton refuses their increments.
+        self._family = pb_utils.MetricFamily(
+            name="kit_input_bytes",
+            description="Bytes of numeric input a kit Python model received, by the memory Triton delivered them in",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        labels = {"model": model, "version": version}
+        self._metrics = {memory: self._family.Metric(labels={**labels, "memory": memory}) for memory in ("gpu", "cpu")}
+        self._tally = dict.fromkeys(self._metrics, 0)
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_every, name="kit-input-bytes", daemon=True)
+        self._flusher.start()
+
+    def count(self, feeds: Sequence[Mapping[str, Any]]) -> None:
+        """Add one execution's inputs to the tally."""
+        arrived = dict.fromkeys(self._metrics, 0)
+        for arrays in feeds:
+            for value in arrays.values():
+                if isinstance(value, np.ndarray):
+                    if value.dtype != np.object_:
+                        arrived["cpu"] += value.nbytes
+                else:  # a torch tensor, by DLPack
+                    arrived["gpu" if value.is_cuda else "cpu"] += value.numel() * value.element_size()
+        with self._lock:
+            for memory, size in arrived.items():
+                self._tally[memory] += size
+
+    def close(self) -> None:
+        """Stop the thread and hand over what is left (the model's `finalize`)."""
+        self._closed.set()
+        self._flusher.join()
+        self._flush()
+
+    def _flush_every(self) -> None:
+        while not self._closed.wait(self.FLUSH_S):
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:
+            tally, self._tally = self._tally, dict.fromkeys(self._metrics, 0)
+        for memory, size in tally.items():
+            if size:
+                self._metrics[memory].increment(size)
+
+
 def execute_batched(
     requests: Sequence[Any],
     input_names: Sequence[str],
@@ -56,10 +116,11 @@ def execute_batched(
     batching: bool,
     invalid: tuple[type[BaseException], ...] = (ValueError,),
     dlpack: bool = False,
+    arrivals: InputArrivals | None = None,
 ) -> list[Any]:
     """One response per request, in order (Triton requires exactly that). With `dlpack`, `run`
     gets torch tensors on the device Triton delivered them on, instead of numpy arrays (BYTES
-    inputs stay numpy object arrays)."""
+    inputs stay numpy object arrays). With `arrivals`, the inputs are counted there by memory."""
     responses: list[Any] = [None] * len(requests)
     feeds: list[dict[str, Any]] = []
     groups: dict[tuple[Any, ...], list[int]] = {}
@@ -72,6 +133,8 @@ def execute_batched(
         feeds.append(arrays)
         key = tuple((n, tuple(a.shape[1:]), str(a.dtype)) for n, a in sorted(arrays.items())) if batching else (index,)
         groups.setdefault(key, []).append(index)
+    if arrivals is not None:
+        arrivals.count(feeds)
     for members in groups.values():
         _run_group(requests, feeds, members, output_names, run, batching, invalid, responses)
     return responses

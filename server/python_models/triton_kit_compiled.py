@@ -202,7 +202,7 @@ except ImportError:  # the builder's gate, or an import for type checking
 
 if pb_utils is not None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from triton_kit_batching import execute_batched, io_names, require_numpy_1
+    from triton_kit_batching import InputArrivals, execute_batched, io_names, require_numpy_1
     from triton_kit_limits import InputLimit
 
     class TritonPythonModel:
@@ -225,8 +225,7 @@ if pb_utils is not None:
             except (RuntimeError, OSError, KeyError) as exc:
                 raise pb_utils.TritonModelException(f"model '{args['model_name']}': {exc}") from None
             self.limits = {name: InputLimit.from_json(entry) for name, entry in self.package.limits.items()}
-            # The family outlives its metrics, or Triton refuses their increments.
-            self.arrivals, self.arrived = _arrival_counters(args["model_name"], args["model_version"])
+            self.arrivals = InputArrivals(args["model_name"], args["model_version"])
             form = (
                 "AOTInductor package" if self.package.artifact == "aoti" else "compiled from Inductor's cache artifacts"
             )
@@ -239,9 +238,18 @@ if pb_utils is not None:
             # Inputs and outputs as torch tensors where Triton keeps them: on a GPU instance, a
             # previous ensemble step's GPU output comes in and the outputs go on without a host copy.
             responses: list[Any] = execute_batched(
-                requests, self.input_names, self.output_names, self._run, batching=self.batching, dlpack=True
+                requests,
+                self.input_names,
+                self.output_names,
+                self._run,
+                batching=self.batching,
+                dlpack=True,
+                arrivals=self.arrivals,
             )
             return responses
+
+        def finalize(self) -> None:
+            self.arrivals.close()
 
         def _run(self, feeds: dict[str, Any]) -> dict[str, Any]:
             # A compiled kernel indexing out of bounds aborts the stub process (c10::Error is thrown
@@ -253,21 +261,7 @@ if pb_utils is not None:
                 )
                 if problem is not None:
                     raise ValueError(f"input {name!r} {problem}")
-            for tensor in feeds.values():
-                self.arrived["gpu" if tensor.is_cuda else "cpu"].increment(tensor.numel() * tensor.element_size())
             return self.package.run(feeds)
-
-    def _arrival_counters(model: str, version: str) -> tuple[Any, dict[str, Any]]:
-        """Where this model's inputs arrive, in bytes, on the server's metrics endpoint:
-        `kit_compiled_input_bytes{model, version, memory="gpu"|"cpu"}`. Inside a GPU ensemble
-        every byte should arrive on the GPU; bytes on the CPU there were copied to the host."""
-        family = pb_utils.MetricFamily(
-            name="kit_compiled_input_bytes",
-            description="Bytes of input a compiled model received, by the memory Triton delivered them in",
-            kind=pb_utils.MetricFamily.COUNTER,
-        )
-        labels = {"model": model, "version": version}
-        return family, {memory: family.Metric(labels={**labels, "memory": memory}) for memory in ("gpu", "cpu")}
 
     def _checkable(tensor: Any, limit: InputLimit) -> np.ndarray[Any, Any]:
         """The tensor as the limit reads it: its values on the host where the limit bounds them

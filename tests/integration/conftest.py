@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,27 @@ def make_server(repository: Path, workdir: Path) -> EmbeddedTriton:
         metrics_port=free_port(),
         log_file=workdir / "triton.log",
     )
+
+
+def input_bytes(server: EmbeddedTriton, timeout_s: float = 10.0) -> dict[tuple[str, str], float]:
+    """Where the kit's Python models received their numeric inputs so far, in bytes, by
+    (model, memory): the `kit_input_bytes` counters on the server's metrics endpoint, once settled
+    (the models hand their tallies over every 0.5 s: two reads 0.6 s apart agree)."""
+    pattern = re.compile(r'^kit_input_bytes\{memory="(\w+)",model="(\w+)",version="\d+"\} (\S+)$', re.MULTILINE)
+
+    def read() -> dict[tuple[str, str], float]:
+        with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+        return {(model, memory): float(value) for memory, model, value in pattern.findall(text)}
+
+    deadline = time.monotonic() + timeout_s
+    previous = read()
+    while True:
+        time.sleep(0.6)
+        current = read()
+        if current == previous or time.monotonic() > deadline:
+            return current
+        previous = current
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from models.image_pipeline import ClassifierPostprocess, ImagePreprocess
 from models.text_pipeline import EmbeddingNormalize, Tokenizer
 from server import EmbeddedTriton
 from tests.conftest import ROOT
-from tests.integration.conftest import make_server
+from tests.integration.conftest import input_bytes, make_server
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -91,6 +91,24 @@ def test_texts_sent_one_by_one_embed_like_texts_sent_together(triton: EmbeddedTr
             for t in TEXTS
         ]
     np.testing.assert_allclose(np.stack(alone), reference_embedding(TEXTS), atol=1e-4, rtol=1e-3)
+
+
+def test_each_python_step_counts_where_its_inputs_arrived(triton: EmbeddedTriton) -> None:
+    """kit_input_bytes: on a CPU host every numeric input a step receives is in host memory (the
+    GPU tests assert the same counters show the gpu target's steps fed from device memory)."""
+    before = input_bytes(triton)
+    images = [encoded("JPEG", (240, 320), 6), encoded("PNG", (64, 80), 7)]
+    with TritonClient(triton.grpc_url) as client:
+        client.infer("image_classification", {"image_bytes": np.array([[i] for i in images], dtype=object)})
+        client.infer("text_embedding", {"text": np.array([[t.encode()] for t in TEXTS], dtype=object)})
+    after = input_bytes(triton)
+    arrived = {key: after[key] - before.get(key, 0.0) for key in after}
+    assert arrived[("image_postprocess", "cpu")] == len(images) * 1000 * 4  # FP32 logits
+    assert arrived[("embedding_normalize", "cpu")] == len(TEXTS) * 256 * 4  # FP32 embeddings
+    # Their first steps take BYTES only (not counted), and nothing arrived on a GPU.
+    assert arrived[("image_preprocess", "cpu")] == arrived[("tokenizer", "cpu")] == 0
+    steps = ("image_preprocess", "image_postprocess", "tokenizer", "embedding_normalize")
+    assert [arrived[(step, "gpu")] for step in steps] == [0, 0, 0, 0]
 
 
 PIPELINES = ("image_classification", "image_preprocess", "image_classifier", "image_postprocess",

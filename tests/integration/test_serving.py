@@ -204,11 +204,13 @@ def test_the_dashboard_and_autoscaler_metrics_are_exported(triton: EmbeddedTrito
             "text_encoder", {"input_ids": np.ones((1, 4), np.int64), "attention_mask": np.ones((1, 4), np.int64)}
         )
     with urllib.request.urlopen(triton.metrics_url, timeout=10) as response:
-        exported = set(re.findall(r"^(nv_[a-z_]+)", response.read().decode(), flags=re.MULTILINE))
+        exported = set(re.findall(r"^((?:nv|kit)_[a-z_]+)", response.read().decode(), flags=re.MULTILINE))
     dashboard = json.loads((ROOT / "deploy/monitoring/grafana/dashboards/triton.json").read_text())
     rules = (ROOT / "deploy/kubernetes/prometheus-adapter-rules.yaml").read_text()
     queried = set(
-        re.findall(r"nv_[a-z_]+", " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"]) + rules)
+        re.findall(
+            r"(?:nv|kit)_[a-z_]+", " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"]) + rules
+        )
     )
     assert yaml.safe_load(rules)["rules"]["custom"] and len(queried) >= 8
     assert {m for m in queried if not m.startswith("nv_gpu")} <= exported

@@ -190,6 +190,7 @@ def test_the_grafana_dashboard_charts_tritons_metrics() -> None:
         "nv_inference_request_failure",
         "nv_gpu_utilization",
         "nv_gpu_memory_used_bytes",
+        "kit_input_bytes",
     ):
         assert metric in expressions, metric
     source = yaml.safe_load((ROOT / "deploy/monitoring/grafana/provisioning/datasources/prometheus.yml").read_text())
