@@ -187,11 +187,30 @@ class ClassifierPostprocess:
         logits = inputs["logits"].astype(np.float64)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities = shifted / shifted.sum(axis=1, keepdims=True)
-        top = np.argsort(-probabilities, axis=1, kind="stable")[:, : self.top_k]
+        top = top_k_stable(probabilities, self.top_k)
         return {
             "labels": self.labels[top],
             "scores": np.take_along_axis(probabilities, top, axis=1).astype(np.float32),
         }
+
+
+def top_k_stable(values: NDArray[Any], k: int) -> NDArray[np.intp]:
+    """Each row's `k` largest values' indices, largest first and ties in index order: the first
+    `k` columns of a stable argsort of `-values`, without sorting whole rows (at 1,000 classes
+    and batch 16, the full sort was most of the postprocess's time: 0.68 of its 0.76 ms)."""
+    rows, columns = values.shape
+    if k >= columns or np.isnan(values).any():  # NaN: as the full sort ranks it (last)
+        return np.argsort(-values, axis=1, kind="stable")[:, :k]
+    kth = np.partition(values, columns - k, axis=1)[:, columns - k : columns - k + 1]  # each row's k-th largest
+    chosen = values > kth
+    tied = values == kth
+    wanted = k - chosen.sum(axis=1, keepdims=True)
+    if (tied.sum(axis=1, keepdims=True) > wanted).any():  # ties at the k-th: the lowest indices make up k
+        tied &= np.cumsum(tied, axis=1, dtype=np.int32) <= wanted
+    chosen |= tied
+    candidates = np.nonzero(chosen)[1].reshape(rows, k)  # ascending index within each row
+    order = np.argsort(-np.take_along_axis(values, candidates, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(candidates, order, axis=1)
 
 
 class GpuClassifierPostprocess(ClassifierPostprocess):

@@ -97,7 +97,11 @@ class InputArrivals:
 
     def _flush_every(self) -> None:
         while not self._closed.wait(self.FLUSH_S):
-            self._flush()
+            try:
+                self._flush()
+            except Exception as exc:  # Triton refused the increment: count no more, serve on
+                pb_utils.Logger.log_warn(f"kit_input_bytes is no longer counted for this instance: {exc}")
+                return
 
     def _flush(self) -> None:
         with self._lock:
